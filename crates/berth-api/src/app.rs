@@ -1,0 +1,669 @@
+//! The app layer: every use case of the public API, independent of HTTP. Handlers parse, call one
+//! method here and convert the result. Everything here only records intent and wakes the
+//! reconciler; nothing starts a process.
+
+use std::sync::Arc;
+
+use berth_reconciler::{Catalog, CatalogEntry, Reconciler};
+use berth_store::{NewService, Store};
+use berth_types::api::{
+    BackupsInput, BackupsView, CreateServiceRequest, CreatedServiceView, ManagedServiceView,
+    PatchServiceRequest, PlanInput, PlanView, ProviderView, StatusView,
+};
+use berth_types::{
+    validate, BackupSettings, Event, FieldError, Invalid, JsonMap, PlanSelection,
+    ProviderDefinition, ProviderRef, Secrets, Service, ServiceId, ServiceSpec, ServiceState,
+    ServiceStatus, Severity,
+};
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use serde_json::Value;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// How many events a resource carries in `recentEvents`.
+const RECENT_EVENTS: u32 = 10;
+
+pub struct App {
+    pub store: Arc<dyn Store>,
+    pub catalog: Arc<Catalog>,
+    pub reconciler: Arc<Reconciler>,
+}
+
+/// A strong random secret: 32 alphanumerics (~190 bits), safe in URLs without encoding.
+fn generate_secret() -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
+}
+
+fn parse_id(id: &str) -> Result<ServiceId, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::NotFound(format!("no managed service with id {id}")))
+}
+
+impl App {
+    fn entry_for(&self, name: &str, version: Option<&str>) -> Result<Arc<CatalogEntry>, ApiError> {
+        let found = match version {
+            Some(v) => self.catalog.get(name, v),
+            None => self.catalog.newest(name),
+        };
+        found.ok_or_else(|| {
+            let known: Vec<String> = self
+                .catalog
+                .all()
+                .map(|e| format!("{} {}", e.def.name, e.def.version))
+                .collect();
+            let path = if self.catalog.newest(name).is_some() {
+                "provider.version"
+            } else {
+                "provider.name"
+            };
+            ApiError::invalid(
+                path,
+                format!(
+                    "unknown provider '{name}{}'; the catalog has: {}",
+                    version.map(|v| format!(" {v}")).unwrap_or_default(),
+                    known.join(", ")
+                ),
+            )
+        })
+    }
+
+    // ---- managed services -------------------------------------------------------------------
+
+    pub async fn service_create(
+        &self,
+        req: CreateServiceRequest,
+    ) -> Result<CreatedServiceView, ApiError> {
+        let entry = self.entry_for(&req.provider.name, req.provider.version.as_deref())?;
+        let def = &entry.def;
+        let mut errors = Vec::new();
+        if let Err(e) = validate::service_name(&req.name) {
+            errors.push(e);
+        }
+        if req.team_id < 1 {
+            errors.push(FieldError::new("teamId", "must be a positive integer"));
+        }
+        if req.recover_from.is_some() {
+            return Err(ApiError::NotImplemented(
+                "recoverFrom: restoring from a backup is not available yet".into(),
+            ));
+        }
+        if req.pause == Some(true) && !def.capabilities.pause {
+            errors.push(FieldError::new(
+                "pause",
+                format!("provider {} cannot be paused", def.name),
+            ));
+        }
+        let plan_input = req.plan.clone().unwrap_or(PlanInput {
+            id: 0,
+            parameters: None,
+        });
+        let plan = plan_selection(def, &plan_input, None, &mut errors);
+        let config = config_checked(
+            &entry,
+            req.config.clone().unwrap_or_default(),
+            None,
+            &mut errors,
+        );
+        let given = req.secrets.clone().unwrap_or_default();
+        errors.extend(validate::against_schema(
+            &def.secrets_schema,
+            &Value::Object(given.clone()),
+            "secrets",
+            true,
+        ));
+        let backups = backups_checked(def, req.backups.as_ref(), None, &mut errors);
+        if !errors.is_empty() {
+            return Err(Invalid(errors).into());
+        }
+
+        // Generate every declared secret the request left out; they are shown once, in this answer.
+        let mut service_secrets = given;
+        let mut generated = JsonMap::new();
+        if let Some(props) = def
+            .secrets_schema
+            .get("properties")
+            .and_then(Value::as_object)
+        {
+            for (key, prop) in props {
+                let is_string = prop.get("type").and_then(Value::as_str) == Some("string");
+                if is_string && !service_secrets.contains_key(key) {
+                    let value = Value::from(generate_secret());
+                    generated.insert(key.clone(), value.clone());
+                    service_secrets.insert(key.clone(), value);
+                }
+            }
+        }
+        let secrets = Secrets {
+            service: service_secrets,
+            backups: req
+                .backups
+                .as_ref()
+                .and_then(|b| b.secrets.clone())
+                .unwrap_or_default(),
+        };
+        let now = OffsetDateTime::now_utc();
+        let new = NewService {
+            id: Uuid::new_v4(),
+            spec: ServiceSpec {
+                team_id: req.team_id,
+                name: req.name.clone(),
+                provider: ProviderRef {
+                    name: def.name.clone(),
+                    version: def.version.clone(),
+                },
+                plan,
+                config,
+                pause: req.pause.unwrap_or(false),
+                backups,
+            },
+            created_at: now,
+        };
+        let svc = self
+            .store
+            .service_insert(
+                &new,
+                &secrets,
+                &ServiceStatus::new(ServiceState::Creating, 0, now),
+            )
+            .await?;
+        let ev = Event::new(
+            svc.id,
+            "berth.service.requested",
+            Severity::Info,
+            "create requested",
+            now,
+        )
+        .with_attr("berth.generation", svc.generation);
+        self.store.event_append(svc.id, &ev).await?;
+        self.reconciler.wake();
+        let service = self.view(svc).await?;
+        Ok(CreatedServiceView {
+            service,
+            generated_secrets: generated,
+        })
+    }
+
+    pub async fn service_list(
+        &self,
+        team: Option<i64>,
+        include_deleted: bool,
+    ) -> Result<Vec<ManagedServiceView>, ApiError> {
+        let services = self.store.service_list(team, include_deleted).await?;
+        let mut out = Vec::with_capacity(services.len());
+        for svc in services {
+            out.push(self.view(svc).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn service_get(&self, id: &str) -> Result<ManagedServiceView, ApiError> {
+        let svc = self.store.service_get(parse_id(id)?).await?;
+        self.view(svc).await
+    }
+
+    pub async fn service_patch(
+        &self,
+        id: &str,
+        req: PatchServiceRequest,
+    ) -> Result<ManagedServiceView, ApiError> {
+        let id = parse_id(id)?;
+        let svc = self.store.service_get(id).await?;
+        if svc.deleted_at.is_some() {
+            return Err(ApiError::Conflict(format!("service {id} is being deleted")));
+        }
+        let entry = self
+            .catalog
+            .get(&svc.spec.provider.name, &svc.spec.provider.version)
+            .ok_or_else(|| {
+                ApiError::Conflict("the service's provider is no longer in the catalog".into())
+            })?;
+        let def = &entry.def;
+        let mut errors = Vec::new();
+        let mut spec = svc.spec.clone();
+        if let Some(name) = &req.name {
+            if let Err(e) = validate::service_name(name) {
+                errors.push(e);
+            }
+            spec.name = name.clone();
+        }
+        if let Some(pause) = req.pause {
+            if pause && !def.capabilities.pause {
+                errors.push(FieldError::new(
+                    "pause",
+                    format!("provider {} cannot be paused", def.name),
+                ));
+            }
+            spec.pause = pause;
+        }
+        if let Some(plan) = &req.plan {
+            spec.plan = plan_selection(def, plan, Some(&svc.spec.plan), &mut errors);
+        }
+        if let Some(patch) = &req.config {
+            let mut merged = svc.spec.config.clone();
+            for (k, v) in patch {
+                if v.is_null() {
+                    merged.remove(k);
+                } else {
+                    merged.insert(k.clone(), v.clone());
+                }
+            }
+            spec.config = config_checked(&entry, merged, Some(&svc.spec.config), &mut errors);
+        }
+        if let Some(b) = &req.backups {
+            spec.backups = backups_checked(def, Some(b), Some(&svc.spec.backups), &mut errors);
+        }
+        let mut secrets = None;
+        if req.secrets.is_some() || req.backups.as_ref().is_some_and(|b| b.secrets.is_some()) {
+            let mut current = self.store.secrets_get(id).await?;
+            if let Some(new) = &req.secrets {
+                errors.extend(validate::against_schema(
+                    &def.secrets_schema,
+                    &Value::Object(new.clone()),
+                    "secrets",
+                    true,
+                ));
+                current.service.extend(new.clone());
+            }
+            if let Some(b) = req.backups.as_ref().and_then(|b| b.secrets.clone()) {
+                current.backups = b;
+            }
+            secrets = Some(current);
+        }
+        if !errors.is_empty() {
+            return Err(Invalid(errors).into());
+        }
+        if spec == svc.spec && secrets.is_none() {
+            return self.view(svc).await;
+        }
+        let changed = changed_fields(&svc.spec, &spec, secrets.is_some());
+        let updated = self
+            .store
+            .service_update(id, svc.generation, &spec, secrets.as_ref())
+            .await?;
+        let ev = Event::new(
+            id,
+            "berth.service.update_requested",
+            Severity::Info,
+            format!("update requested: {}", changed.join(", ")),
+            OffsetDateTime::now_utc(),
+        )
+        .with_attr("berth.generation", updated.generation);
+        self.store.event_append(id, &ev).await?;
+        self.reconciler.wake();
+        self.view(updated).await
+    }
+
+    pub async fn service_delete(&self, id: &str) -> Result<ManagedServiceView, ApiError> {
+        let id = parse_id(id)?;
+        let now = OffsetDateTime::now_utc();
+        let before = self.store.service_get(id).await?;
+        let svc = self.store.service_mark_deleted(id, now).await?;
+        if before.deleted_at.is_none() {
+            let ev = Event::new(
+                id,
+                "berth.service.delete_requested",
+                Severity::Info,
+                "delete requested; credentials destroyed",
+                now,
+            )
+            .with_attr("berth.generation", svc.generation);
+            self.store.event_append(id, &ev).await?;
+        }
+        self.reconciler.wake();
+        self.view(svc).await
+    }
+
+    pub async fn service_events(
+        &self,
+        id: &str,
+        limit: u32,
+        before: Option<i64>,
+    ) -> Result<(Vec<Event>, Option<i64>), ApiError> {
+        let id = parse_id(id)?;
+        self.store.service_get(id).await?;
+        let limit = limit.clamp(1, 500);
+        let page = self.store.event_list(id, limit, before).await?;
+        let next = if page.len() as u32 == limit {
+            page.last().map(|(seq, _)| *seq)
+        } else {
+            None
+        };
+        Ok((page.into_iter().map(|(_, e)| e).collect(), next))
+    }
+
+    /// The variables of CONTRACTS.md §5. This reveals secrets, so it is a POST (never cached,
+    /// never a GET) and leaves an event in the service's log.
+    pub async fn service_env(
+        &self,
+        id: &str,
+        prefix: Option<&str>,
+    ) -> Result<Vec<(String, String)>, ApiError> {
+        let id = parse_id(id)?;
+        let svc = self.store.service_get(id).await?;
+        if svc.deleted_at.is_some() {
+            return Err(ApiError::Conflict(format!(
+                "service {id} is deleted; its credentials are destroyed"
+            )));
+        }
+        if let Some(p) = prefix {
+            if p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(ApiError::invalid(
+                    "prefix",
+                    "may contain only letters, digits and '_'",
+                ));
+            }
+        }
+        let status = self.store.status_get(id).await?;
+        let details = status
+            .as_ref()
+            .map(|s| s.details.clone())
+            .unwrap_or_default();
+        if !details.contains_key("port") {
+            let state = status.map(|s| s.state.as_str()).unwrap_or("unknown");
+            return Err(ApiError::Conflict(format!(
+                "service {id} has no connection details yet (state {state})"
+            )));
+        }
+        let secrets = self.store.secrets_get(id).await?;
+        let ev = Event::new(
+            id,
+            "berth.credentials.read",
+            Severity::Info,
+            "credentials were read",
+            OffsetDateTime::now_utc(),
+        );
+        self.store.event_append(id, &ev).await?;
+        Ok(berth_engines::credentials::env_vars(
+            &svc.spec.provider.name,
+            &details,
+            &svc.spec.config,
+            &secrets.service,
+            prefix,
+        ))
+    }
+
+    pub async fn service_logs(&self, id: &str, lines: usize) -> Result<String, ApiError> {
+        let id = parse_id(id)?;
+        let svc = self.store.service_get(id).await?;
+        let entry = self
+            .catalog
+            .get(&svc.spec.provider.name, &svc.spec.provider.version)
+            .ok_or_else(|| {
+                ApiError::Conflict("the service's provider is no longer in the catalog".into())
+            })?;
+        match entry.backend.logs(id, lines).await {
+            Ok(Some(text)) => Ok(text),
+            Ok(None) => Err(ApiError::NotImplemented(format!(
+                "provider {} keeps no logs Berth can read",
+                svc.spec.provider.name
+            ))),
+            Err(e) => Err(ApiError::Unavailable(format!("reading logs: {e}"))),
+        }
+    }
+
+    // ---- providers ----------------------------------------------------------------------------
+
+    pub fn providers(&self, team: Option<i64>) -> Vec<ProviderDefinition> {
+        self.catalog
+            .all()
+            .filter(|e| visible_to(&e.def, team))
+            .map(|e| {
+                let mut def = e.def.clone();
+                // A backend's credentials are for Berth only.
+                if let Some(api) = def.backend.get_mut("api").and_then(Value::as_object_mut) {
+                    api.remove("secret");
+                }
+                def
+            })
+            .collect()
+    }
+
+    // ---- views ----------------------------------------------------------------------------------
+
+    async fn view(&self, svc: Service) -> Result<ManagedServiceView, ApiError> {
+        let status = self.store.status_get(svc.id).await?;
+        let events = self.store.event_list(svc.id, RECENT_EVENTS, None).await?;
+        Ok(to_view(
+            svc,
+            status,
+            events.into_iter().map(|(_, e)| e).collect(),
+        ))
+    }
+}
+
+fn visible_to(def: &ProviderDefinition, team: Option<i64>) -> bool {
+    match def.scope.get("type").and_then(Value::as_str) {
+        Some("team") => {
+            let teams = def.scope.get("teamIds").and_then(Value::as_array);
+            match (team, teams) {
+                (Some(t), Some(ids)) => ids.iter().any(|v| v.as_i64() == Some(t)),
+                _ => false,
+            }
+        }
+        _ => true,
+    }
+}
+
+fn changed_fields(old: &ServiceSpec, new: &ServiceSpec, secrets: bool) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if old.name != new.name {
+        out.push("name");
+    }
+    if old.plan != new.plan {
+        out.push("plan");
+    }
+    if old.config != new.config {
+        out.push("config");
+    }
+    if old.pause != new.pause {
+        out.push("pause");
+    }
+    if old.backups != new.backups {
+        out.push("backups");
+    }
+    if secrets {
+        out.push("secrets");
+    }
+    out
+}
+
+/// Resolves and validates a plan: the plan's defaults, the current parameters when the plan id
+/// stays, then the request's; `x-update-constraint` against the current ones on update.
+fn plan_selection(
+    def: &ProviderDefinition,
+    input: &PlanInput,
+    current: Option<&PlanSelection>,
+    errors: &mut Vec<FieldError>,
+) -> PlanSelection {
+    let Some(plan) = def.plan(input.id) else {
+        let ids: Vec<String> = def.plans.iter().map(|p| p.id.to_string()).collect();
+        errors.push(FieldError::new(
+            "plan.id",
+            format!(
+                "no plan {} in provider {}; plans: {}",
+                input.id,
+                def.name,
+                ids.join(", ")
+            ),
+        ));
+        return current.cloned().unwrap_or(PlanSelection {
+            id: input.id,
+            parameters: JsonMap::new(),
+        });
+    };
+    let schema = ProviderDefinition::plan_parameters_schema(plan);
+    let mut params = match current {
+        Some(c) if c.id == input.id => c.parameters.clone(),
+        _ => JsonMap::new(),
+    };
+    if let Some(given) = &input.parameters {
+        params.extend(given.clone());
+    }
+    validate::apply_defaults(&schema, &mut params);
+    errors.extend(validate::against_schema(
+        &schema,
+        &Value::Object(params.clone()),
+        "plan.parameters",
+        false,
+    ));
+    if let Some(c) = current {
+        errors.extend(validate::update_constraints(
+            &schema,
+            &c.parameters,
+            &params,
+            "plan.parameters",
+        ));
+    }
+    PlanSelection {
+        id: input.id,
+        parameters: params,
+    }
+}
+
+/// Defaults, installed-version check (clearer than a schema's enum error), schema, constraints.
+fn config_checked(
+    entry: &CatalogEntry,
+    mut config: JsonMap,
+    current: Option<&JsonMap>,
+    errors: &mut Vec<FieldError>,
+) -> JsonMap {
+    let def = &entry.def;
+    if let (Some(installed), Some(Value::String(v))) =
+        (&entry.installed_versions, config.get("version"))
+    {
+        if !installed.contains(v) {
+            errors.push(FieldError::new(
+                "config.version",
+                if installed.is_empty() {
+                    format!("{} {v} is not installed on this host, and no version is; run scripts/setup.sh", def.name)
+                } else {
+                    format!("{} {v} is not installed on this host (installed: {}); scripts/setup.sh installs the supported ones", def.name, installed.join(", "))
+                },
+            ));
+            return config;
+        }
+    }
+    validate::apply_defaults(&def.config_schema, &mut config);
+    errors.extend(validate::against_schema(
+        &def.config_schema,
+        &Value::Object(config.clone()),
+        "config",
+        false,
+    ));
+    if let Some(cur) = current {
+        errors.extend(validate::update_constraints(
+            &def.config_schema,
+            cur,
+            &config,
+            "config",
+        ));
+        if entry.installed_versions.is_some() && cur.get("version") != config.get("version") {
+            errors.push(FieldError::new(
+                "config.version",
+                "changing the major version of an existing service is not supported yet",
+            ));
+        }
+    }
+    config
+}
+
+fn backups_checked(
+    def: &ProviderDefinition,
+    input: Option<&BackupsInput>,
+    current: Option<&BackupSettings>,
+    errors: &mut Vec<FieldError>,
+) -> BackupSettings {
+    let Some(b) = input else {
+        return current.cloned().unwrap_or_default();
+    };
+    if b.enabled && !def.capabilities.backups {
+        errors.push(FieldError::new(
+            "backups.enabled",
+            format!("provider {} does not support backups (yet)", def.name),
+        ));
+    }
+    let range = |v: Option<i64>,
+                 path: &str,
+                 lo: i64,
+                 hi: i64,
+                 errors: &mut Vec<FieldError>|
+     -> Option<u32> {
+        let v = v?;
+        if !(lo..=hi).contains(&v) {
+            errors.push(FieldError::new(
+                path,
+                format!("must be between {lo} and {hi}"),
+            ));
+            return None;
+        }
+        Some(v as u32)
+    };
+    BackupSettings {
+        enabled: b.enabled,
+        delete_retention_days: range(
+            b.delete_retention_days,
+            "backups.deleteRetentionDays",
+            1,
+            365,
+            errors,
+        ),
+        interval_h: range(b.interval_h, "backups.intervalH", 1, 730, errors),
+        config: b.config.clone().map(Value::Object),
+    }
+}
+
+/// The resource as the API shows it; never a secret.
+pub fn to_view(
+    svc: Service,
+    status: Option<ServiceStatus>,
+    events: Vec<Event>,
+) -> ManagedServiceView {
+    let status =
+        status.unwrap_or_else(|| ServiceStatus::new(ServiceState::Unknown, 0, svc.created_at));
+    let synchronized = status.state == ServiceState::Synchronized;
+    let state = if svc.deleted_at.is_some() && status.state != ServiceState::Error {
+        ServiceState::Deleting
+    } else {
+        status.state
+    };
+    ManagedServiceView {
+        id: svc.id,
+        team_id: svc.spec.team_id,
+        name: svc.spec.name,
+        provider: ProviderView {
+            name: svc.spec.provider.name,
+            version: svc.spec.provider.version.clone(),
+            schema_version: svc.spec.provider.version,
+        },
+        plan: PlanView {
+            id: svc.spec.plan.id,
+            parameters: svc.spec.plan.parameters,
+        },
+        config: svc.spec.config,
+        pause: svc.spec.pause,
+        backups: BackupsView {
+            enabled: svc.spec.backups.enabled,
+            delete_retention_days: svc.spec.backups.delete_retention_days,
+            interval_h: svc.spec.backups.interval_h,
+            entries: vec![],
+        },
+        created_at: svc.created_at,
+        status: StatusView {
+            state,
+            reason: status.reason,
+            details_ref: synchronized.then(|| format!("/api/managed-services/{}/env", svc.id)),
+            details: status.details,
+            generation: svc.generation,
+            observed_generation: status.observed_generation,
+            deleted_at: svc.deleted_at,
+            since: status.since,
+        },
+        recent_events: events,
+    }
+}

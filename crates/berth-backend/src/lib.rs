@@ -1,0 +1,108 @@
+//! Provider backends: whatever turns a service spec into a running instance.
+//!
+//! [`ProviderBackend`] is CONTRACTS.md §2 as a Rust trait: list, batched status, create, patch,
+//! delete. The built-in [`local::LocalBackend`] implements it by supervising real server processes
+//! on this host; a REST client of the same contract (for custom providers) implements it too, so
+//! the reconciler never knows which one it drives.
+
+pub mod limits;
+pub mod local;
+mod process;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use berth_types::JsonMap;
+use uuid::Uuid;
+
+/// What a backend is asked to run (the contract's create body).
+#[derive(Clone)]
+pub struct InstanceSpec {
+    pub id: Uuid,
+    pub team_id: i64,
+    pub plan: JsonMap,
+    pub config: JsonMap,
+    pub secrets: JsonMap,
+    /// Berth's built-in backends take pause as part of the spec (CONTRACTS.md §2 leaves it open).
+    pub pause: bool,
+}
+
+impl std::fmt::Debug for InstanceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceSpec")
+            .field("id", &self.id)
+            .field("plan", &self.plan)
+            .field("config", &self.config)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("pause", &self.pause)
+            .finish()
+    }
+}
+
+/// A change (the contract's PATCH body): an absent section means unchanged.
+#[derive(Clone, Default)]
+pub struct InstancePatch {
+    pub plan: Option<JsonMap>,
+    pub config: Option<JsonMap>,
+    pub secrets: Option<JsonMap>,
+    pub pause: Option<bool>,
+}
+
+/// What a backend reports about one instance (the contract's status value).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceStatus {
+    /// The plan parameters and config the instance runs with, echoed for drift detection.
+    pub plan: JsonMap,
+    pub config: JsonMap,
+    /// Connection details and `ready`; the local backend adds `running` and `limits`.
+    pub details: JsonMap,
+    pub error: Option<String>,
+}
+
+impl InstanceStatus {
+    pub fn ready(&self) -> bool {
+        self.details.get("ready").and_then(|v| v.as_bool()) == Some(true)
+    }
+    /// `false` only when the backend says the process is not running (local backend).
+    pub fn running(&self) -> bool {
+        self.details.get("running").and_then(|v| v.as_bool()) != Some(false)
+    }
+}
+
+/// The backend layer's one error type. `retryable()` tells the reconciler whether waiting helps.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The request cannot succeed as it is (unknown version, bad config): waits for the user.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("instance {0} not found")]
+    NotFound(Uuid),
+    /// Starting, health-checking or stopping failed; the next reconcile tries again.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl BackendError {
+    pub fn retryable(&self) -> bool {
+        !matches!(self, Self::Invalid(_))
+    }
+}
+
+pub type Result<T, E = BackendError> = std::result::Result<T, E>;
+
+#[async_trait]
+pub trait ProviderBackend: Send + Sync + 'static {
+    /// Every instance id this backend manages.
+    async fn list(&self) -> Result<Vec<Uuid>>;
+    /// Status of the given ids; unknown ids are left out.
+    async fn status(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, InstanceStatus>>;
+    /// Creates the instance, or, when it exists, makes sure it runs as specified (idempotent).
+    async fn create(&self, spec: &InstanceSpec) -> Result<()>;
+    async fn update(&self, id: Uuid, patch: &InstancePatch) -> Result<()>;
+    /// Removes the instance and its data; an unknown id counts as done.
+    async fn delete(&self, id: Uuid) -> Result<()>;
+    /// The last `lines` lines of the instance's server log, where the backend keeps one.
+    async fn logs(&self, _id: Uuid, _lines: usize) -> Result<Option<String>> {
+        Ok(None)
+    }
+}

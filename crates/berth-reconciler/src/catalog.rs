@@ -1,0 +1,88 @@
+//! The catalog: each provider definition with the backend that serves it.
+//!
+//! For built-in providers the served definition is narrowed to what this host can run: the
+//! `config.version` enum lists only installed majors, newest first, and defaults to the newest.
+
+use std::sync::Arc;
+
+use berth_backend::ProviderBackend;
+use berth_types::ProviderDefinition;
+use serde_json::Value;
+
+pub struct CatalogEntry {
+    pub def: ProviderDefinition,
+    pub backend: Arc<dyn ProviderBackend>,
+    /// For providers run by the local backend: the installed majors, newest first.
+    pub installed_versions: Option<Vec<String>>,
+}
+
+impl CatalogEntry {
+    /// A built-in provider; its `configSchema.properties.version` is narrowed to `installed`.
+    pub fn local(
+        mut def: ProviderDefinition,
+        backend: Arc<dyn ProviderBackend>,
+        installed: Vec<String>,
+    ) -> Self {
+        if let Some(version) = def
+            .config_schema
+            .get_mut("properties")
+            .and_then(|p| p.get_mut("version"))
+            .and_then(Value::as_object_mut)
+        {
+            version.insert("enum".into(), Value::from(installed.clone()));
+            if let Some(newest) = installed.first() {
+                version.insert("default".into(), Value::from(newest.clone()));
+            }
+        }
+        Self {
+            def,
+            backend,
+            installed_versions: Some(installed),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Catalog {
+    entries: Vec<Arc<CatalogEntry>>,
+}
+
+impl Catalog {
+    pub fn new(entries: Vec<CatalogEntry>) -> Self {
+        Self {
+            entries: entries.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str, version: &str) -> Option<Arc<CatalogEntry>> {
+        self.entries
+            .iter()
+            .find(|e| e.def.name == name && e.def.version == version)
+            .cloned()
+    }
+
+    /// The newest schema version of provider `name` (versions compare by their number: v10 > v9).
+    pub fn newest(&self, name: &str) -> Option<Arc<CatalogEntry>> {
+        let num = |v: &str| {
+            v.trim_start_matches('v')
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse::<u64>()
+                .unwrap_or(0)
+        };
+        self.entries
+            .iter()
+            .filter(|e| e.def.name == name)
+            .max_by_key(|e| num(&e.def.version))
+            .cloned()
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<CatalogEntry>> {
+        self.entries.iter()
+    }
+
+    pub fn backends(&self) -> impl Iterator<Item = &Arc<CatalogEntry>> {
+        self.entries.iter()
+    }
+}

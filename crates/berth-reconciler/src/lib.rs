@@ -1,0 +1,315 @@
+//! The reconciler: converges what users asked for (the store's desired state) with what runs (the
+//! backends), and records what the backends reported.
+//!
+//! It runs on a timer and whenever it is woken (by the API after a change, by the local backend
+//! when a process exits), takes no hint of what changed, and re-reads the world every pass. Each
+//! service is reconciled by at most one task at a time; a wake-up while it runs is not lost, the
+//! next pass picks the service up again. Within a service the work is a pipeline:
+//! load -> [`plan::plan`] (pure) -> execute through the backend -> record status and events.
+
+pub mod catalog;
+pub mod plan;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use berth_backend::{InstancePatch, InstanceSpec, InstanceStatus};
+use berth_store::Store;
+use berth_types::{Event, Service, ServiceId, ServiceStatus};
+use time::OffsetDateTime;
+use tokio::sync::{Notify, Semaphore};
+
+pub use catalog::{Catalog, CatalogEntry};
+use plan::{Action, Plan};
+
+/// Reconciler settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How often a pass runs without being woken.
+    pub period: Duration,
+    /// How long a service may stay `creating`/`updating` without becoming ready before it is shown
+    /// as `error`.
+    pub ready_deadline: Duration,
+    /// How many services are worked on at once.
+    pub parallelism: usize,
+    /// How long one backend call may take before it counts as failed.
+    pub backend_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            period: Duration::from_secs(2),
+            ready_deadline: Duration::from_secs(60),
+            parallelism: 8,
+            backend_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// What one pass did, for tests and operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassStatus {
+    pub services: usize,
+    pub started: usize,
+    pub busy: usize,
+    pub orphans_removed: usize,
+    pub errors: Vec<String>,
+}
+
+/// The reconciler's one error type (one variant per step that can fail).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("reading state")]
+    Store(#[from] berth_store::StoreError),
+    #[error("backend call failed: {0}")]
+    Backend(#[from] berth_backend::BackendError),
+    #[error("backend call timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+pub struct Reconciler {
+    store: Arc<dyn Store>,
+    catalog: Arc<Catalog>,
+    cfg: Config,
+    wake: Arc<Notify>,
+    in_flight: StdMutex<HashSet<ServiceId>>,
+    /// Per service: consecutive failures and when to try again (the error policy's backoff).
+    backoff: StdMutex<HashMap<ServiceId, (u32, tokio::time::Instant)>>,
+    limiter: Semaphore,
+}
+
+impl Reconciler {
+    pub fn new(
+        store: Arc<dyn Store>,
+        catalog: Arc<Catalog>,
+        cfg: Config,
+        wake: Arc<Notify>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            limiter: Semaphore::new(cfg.parallelism.max(1)),
+            store,
+            catalog,
+            cfg,
+            wake,
+            in_flight: StdMutex::new(HashSet::new()),
+            backoff: StdMutex::new(HashMap::new()),
+        })
+    }
+
+    /// Asks for a pass as soon as possible. Wake-ups collapse into one pass.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs passes until the task is dropped.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let status = self.pass().await;
+            for e in &status.errors {
+                tracing::warn!(error = %e, "reconcile pass");
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.cfg.period) => {}
+            }
+        }
+    }
+
+    /// One pass over every service: starts a task for each one not already being worked on.
+    pub async fn pass(self: &Arc<Self>) -> PassStatus {
+        let mut status = PassStatus::default();
+        // Backend ids first, then the store: an id the backend has and the store lacks is then
+        // surely an orphan (the store is written before any backend call).
+        let mut backend_ids = Vec::new();
+        for entry in self.catalog.backends() {
+            match tokio::time::timeout(self.cfg.backend_timeout, entry.backend.list()).await {
+                Ok(Ok(ids)) => backend_ids.push((entry.clone(), ids)),
+                Ok(Err(e)) => status
+                    .errors
+                    .push(format!("listing {}: {e}", entry.def.name)),
+                Err(_) => status
+                    .errors
+                    .push(format!("listing {}: timed out", entry.def.name)),
+            }
+        }
+        let services = match self.store.service_list(None, true).await {
+            Ok(s) => s,
+            Err(e) => {
+                status.errors.push(format!("listing services: {e}"));
+                return status;
+            }
+        };
+        status.services = services.len();
+        let known: HashSet<ServiceId> = services.iter().map(|s| s.id).collect();
+        for (entry, ids) in backend_ids {
+            for id in ids.into_iter().filter(|id| !known.contains(id)) {
+                tracing::info!(%id, provider = %entry.def.name, "removing an instance no service owns");
+                match entry.backend.delete(id).await {
+                    Ok(()) => status.orphans_removed += 1,
+                    Err(e) => status.errors.push(format!("removing orphan {id}: {e}")),
+                }
+            }
+        }
+        let now = tokio::time::Instant::now();
+        for svc in services {
+            if let Some((_, at)) = self.backoff.lock().unwrap().get(&svc.id) {
+                if *at > now {
+                    continue;
+                }
+            }
+            if !self.in_flight.lock().unwrap().insert(svc.id) {
+                status.busy += 1;
+                continue;
+            }
+            status.started += 1;
+            let this = self.clone();
+            tokio::spawn(async move {
+                let id = svc.id;
+                let _permit = this.limiter.acquire().await;
+                let result = this.reconcile(svc).await;
+                this.in_flight.lock().unwrap().remove(&id);
+                let mut backoff = this.backoff.lock().unwrap();
+                match result {
+                    Ok(()) => {
+                        backoff.remove(&id);
+                    }
+                    Err(e) => {
+                        let n = backoff.get(&id).map_or(0, |(n, _)| *n) + 1;
+                        let delay = Duration::from_millis(500 * 2u64.pow(n.min(7)));
+                        tracing::warn!(%id, error = %e, retry_in = ?delay, "reconcile failed");
+                        backoff.insert(id, (n, tokio::time::Instant::now() + delay));
+                    }
+                }
+            });
+        }
+        status
+    }
+
+    /// Reconciles one service until it needs nothing more right now.
+    async fn reconcile(&self, svc: Service) -> Result<(), ReconcileError> {
+        let Some(entry) = self
+            .catalog
+            .get(&svc.spec.provider.name, &svc.spec.provider.version)
+        else {
+            let current = self.store.status_get(svc.id).await?;
+            let plan = plan::invalid_provider(&svc, current.as_ref(), now());
+            return self.record(&svc, current.as_ref(), &plan).await;
+        };
+        // A create is followed by a fresh look, so `synchronized` is recorded in the same task.
+        for _ in 0..3 {
+            let current = self.store.status_get(svc.id).await?;
+            let observed = self.observe(&entry, svc.id).await?;
+            let plan = plan::plan(
+                &svc,
+                current.as_ref(),
+                observed.as_ref(),
+                self.cfg.ready_deadline,
+                now(),
+            );
+            let outcome = self.execute(&entry, &svc, &plan).await;
+            match outcome {
+                Ok(()) => {
+                    self.record(&svc, current.as_ref(), &plan).await?;
+                    if matches!(plan.action, Action::None | Action::Purge) {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    let failed = plan.failed(current.as_ref(), &e.to_string(), now());
+                    self.record(&svc, current.as_ref(), &failed).await?;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn observe(
+        &self,
+        entry: &CatalogEntry,
+        id: ServiceId,
+    ) -> Result<Option<InstanceStatus>, ReconcileError> {
+        let mut map = self.call(entry.backend.status(&[id])).await?;
+        Ok(map.remove(&id))
+    }
+
+    async fn call<T>(
+        &self,
+        fut: impl std::future::Future<Output = berth_backend::Result<T>>,
+    ) -> Result<T, ReconcileError> {
+        match tokio::time::timeout(self.cfg.backend_timeout, fut).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(ReconcileError::Timeout(self.cfg.backend_timeout)),
+        }
+    }
+
+    async fn execute(
+        &self,
+        entry: &CatalogEntry,
+        svc: &Service,
+        plan: &Plan,
+    ) -> Result<(), ReconcileError> {
+        match &plan.action {
+            Action::None => Ok(()),
+            Action::Create => {
+                let secrets = self.store.secrets_get(svc.id).await?;
+                let spec = InstanceSpec {
+                    id: svc.id,
+                    team_id: svc.spec.team_id,
+                    plan: svc.spec.plan.parameters.clone(),
+                    config: svc.spec.config.clone(),
+                    secrets: secrets.service,
+                    pause: svc.spec.pause,
+                };
+                self.call(entry.backend.create(&spec)).await
+            }
+            Action::Update => {
+                let secrets = self.store.secrets_get(svc.id).await?;
+                let patch = InstancePatch {
+                    plan: Some(svc.spec.plan.parameters.clone()),
+                    config: Some(svc.spec.config.clone()),
+                    secrets: Some(secrets.service),
+                    pause: Some(svc.spec.pause),
+                };
+                self.call(entry.backend.update(svc.id, &patch)).await
+            }
+            Action::Delete => self.call(entry.backend.delete(svc.id)).await,
+            Action::Purge => Ok(self.store.service_purge(svc.id).await?),
+        }
+    }
+
+    /// Writes the planned status (only when it differs) and the planned events.
+    async fn record(
+        &self,
+        svc: &Service,
+        current: Option<&ServiceStatus>,
+        plan: &Plan,
+    ) -> Result<(), ReconcileError> {
+        if matches!(plan.action, Action::Purge) {
+            return Ok(());
+        }
+        let changed = current.is_none_or(|c| {
+            c.state != plan.status.state
+                || c.reason != plan.status.reason
+                || c.observed_generation != plan.status.observed_generation
+                || c.details != plan.status.details
+        });
+        if changed {
+            self.store.status_put(svc.id, &plan.status).await?;
+        }
+        for ev in &plan.events {
+            let event = Event::new(svc.id, ev.name, ev.severity, ev.body.clone(), now())
+                .with_attr("berth.generation", svc.generation)
+                .with_attr("berth.state", plan.status.state.as_str());
+            self.store.event_append(svc.id, &event).await?;
+            tracing::info!(service = %svc.id, event = ev.name, "{}", ev.body);
+        }
+        Ok(())
+    }
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}

@@ -1,0 +1,89 @@
+//! Berth's state: what users asked for (services with a `generation`), what the reconciler observed
+//! (status with the generation it reflects), the events log, and the secrets, sealed with the master
+//! key before they reach the database.
+//!
+//! [`Store`] is the one trait the rest of Berth uses; [`sqlite::SqliteStore`] is the embedded default.
+//! A PostgreSQL implementation will sit beside it and pass the same suite in `tests/store_suite.rs`.
+
+pub mod crypto;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use berth_types::{Event, Secrets, Service, ServiceId, ServiceSpec, ServiceStatus};
+use time::OffsetDateTime;
+
+pub use crypto::{Cipher, MasterKey};
+pub use sqlite::SqliteStore;
+
+/// The store's one error type.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("service {0} not found")]
+    NotFound(ServiceId),
+    /// A uniqueness rule or a generation check refused the write; the message says which.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+    #[error("secrets could not be unsealed (wrong master key?)")]
+    Unseal,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A service about to be inserted.
+#[derive(Debug, Clone)]
+pub struct NewService {
+    pub id: ServiceId,
+    pub spec: ServiceSpec,
+    pub created_at: OffsetDateTime,
+}
+
+/// Storage methods are named resource-then-verb. Every method is one transaction.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts a service with generation 1, its sealed secrets and an initial status, atomically.
+    /// A name already used by a live service of the same team is a [`StoreError::Conflict`].
+    async fn service_insert(
+        &self,
+        new: &NewService,
+        secrets: &Secrets,
+        status: &ServiceStatus,
+    ) -> Result<Service>;
+    async fn service_get(&self, id: ServiceId) -> Result<Service>;
+    /// Services of `team` (all teams when `None`), oldest first; soft-deleted ones only when asked.
+    async fn service_list(&self, team: Option<i64>, include_deleted: bool) -> Result<Vec<Service>>;
+    /// Replaces the spec (and the secrets, when given) and bumps the generation, only if the
+    /// generation is still `expected_generation`; otherwise [`StoreError::Conflict`].
+    async fn service_update(
+        &self,
+        id: ServiceId,
+        expected_generation: i64,
+        spec: &ServiceSpec,
+        secrets: Option<&Secrets>,
+    ) -> Result<Service>;
+    /// Records the user's delete: sets `deleted_at`, bumps the generation, destroys the secrets
+    /// except what a final backup needs (none yet).
+    async fn service_mark_deleted(&self, id: ServiceId, at: OffsetDateTime) -> Result<Service>;
+    /// Removes every trace of a service whose instance is gone (status, secrets, events).
+    async fn service_purge(&self, id: ServiceId) -> Result<()>;
+
+    async fn secrets_get(&self, id: ServiceId) -> Result<Secrets>;
+
+    async fn status_get(&self, id: ServiceId) -> Result<Option<ServiceStatus>>;
+    async fn status_put(&self, id: ServiceId, status: &ServiceStatus) -> Result<()>;
+
+    async fn event_append(&self, id: ServiceId, event: &Event) -> Result<()>;
+    /// The newest events first, at most `limit`, older than sequence `before` when given.
+    /// Each comes with its sequence number, for paging.
+    async fn event_list(
+        &self,
+        id: ServiceId,
+        limit: u32,
+        before: Option<i64>,
+    ) -> Result<Vec<(i64, Event)>>;
+}

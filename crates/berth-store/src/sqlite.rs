@@ -1,0 +1,360 @@
+//! The embedded store: one SQLite file in WAL mode, migrations embedded in the binary.
+//!
+//! Durability: WAL with `synchronous = NORMAL` survives a crash of Berth at any instant (the
+//! invariant we promise); only a power loss may drop the last commits.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use berth_types::{Event, Secrets, Service, ServiceId, ServiceSpec, ServiceState, ServiceStatus};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::{Cipher, NewService, Result, Store, StoreError};
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    cipher: Cipher,
+}
+
+fn ts(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339)
+        .expect("every OffsetDateTime formats as RFC 3339")
+}
+
+fn parse_ts(s: &str) -> Result<OffsetDateTime> {
+    OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|e| StoreError::Corrupt(format!("timestamp {s}: {e}")))
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and runs the embedded migrations.
+    pub async fn open(path: &Path, cipher: Cipher) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool, cipher })
+    }
+
+    /// An in-memory database, for tests.
+    pub async fn in_memory(cipher: Cipher) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool, cipher })
+    }
+
+    fn seal(&self, id: ServiceId, secrets: &Secrets) -> Vec<u8> {
+        let plain = serde_json::to_vec(secrets).expect("secrets serialize to JSON");
+        self.cipher.seal(&plain, id.to_string().as_bytes())
+    }
+
+    fn row_to_service(row: &sqlx::sqlite::SqliteRow) -> Result<Service> {
+        let id: String = row.try_get("id")?;
+        let spec: String = row.try_get("spec")?;
+        let deleted_at: Option<String> = row.try_get("deleted_at")?;
+        Ok(Service {
+            id: ServiceId::parse_str(&id).map_err(|e| corrupt("service id", e))?,
+            spec: serde_json::from_str(&spec).map_err(|e| corrupt("service spec", e))?,
+            generation: row.try_get("generation")?,
+            created_at: parse_ts(&row.try_get::<String, _>("created_at")?)?,
+            deleted_at: deleted_at.as_deref().map(parse_ts).transpose()?,
+        })
+    }
+}
+
+const SERVICE_COLUMNS: &str = "id, spec, generation, created_at, deleted_at";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn service_insert(
+        &self,
+        new: &NewService,
+        secrets: &Secrets,
+        status: &ServiceStatus,
+    ) -> Result<Service> {
+        let id = new.id.to_string();
+        let spec = serde_json::to_string(&new.spec).expect("spec serializes to JSON");
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO services (id, team_id, name, spec, generation, created_at) VALUES (?, ?, ?, ?, 1, ?)",
+        )
+        .bind(&id)
+        .bind(new.spec.team_id)
+        .bind(&new.spec.name)
+        .bind(&spec)
+        .bind(ts(new.created_at))
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict(format!(
+                    "team {} already has a service named '{}'",
+                    new.spec.team_id, new.spec.name
+                )))
+            }
+            other => other?,
+        };
+        sqlx::query("INSERT INTO service_secrets (service_id, sealed) VALUES (?, ?)")
+            .bind(&id)
+            .bind(self.seal(new.id, secrets))
+            .execute(&mut *tx)
+            .await?;
+        put_status(&mut tx, &id, status).await?;
+        tx.commit().await?;
+        Ok(Service {
+            id: new.id,
+            spec: new.spec.clone(),
+            generation: 1,
+            created_at: new.created_at,
+            deleted_at: None,
+        })
+    }
+
+    async fn service_get(&self, id: ServiceId) -> Result<Service> {
+        let row = sqlx::query(&format!(
+            "SELECT {SERVICE_COLUMNS} FROM services WHERE id = ?"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound(id))?;
+        Self::row_to_service(&row)
+    }
+
+    async fn service_list(&self, team: Option<i64>, include_deleted: bool) -> Result<Vec<Service>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SERVICE_COLUMNS} FROM services
+             WHERE (?1 IS NULL OR team_id = ?1) AND (?2 OR deleted_at IS NULL)
+             ORDER BY created_at, id"
+        ))
+        .bind(team)
+        .bind(include_deleted)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Self::row_to_service).collect()
+    }
+
+    async fn service_update(
+        &self,
+        id: ServiceId,
+        expected_generation: i64,
+        spec: &ServiceSpec,
+        secrets: Option<&Secrets>,
+    ) -> Result<Service> {
+        let mut tx = self.pool.begin().await?;
+        let spec_json = serde_json::to_string(spec).expect("spec serializes to JSON");
+        let updated = sqlx::query(
+            "UPDATE services SET spec = ?, name = ?, generation = generation + 1
+             WHERE id = ? AND generation = ? AND deleted_at IS NULL",
+        )
+        .bind(&spec_json)
+        .bind(&spec.name)
+        .bind(id.to_string())
+        .bind(expected_generation)
+        .execute(&mut *tx)
+        .await;
+        let updated = match updated {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict(format!(
+                    "team {} already has a service named '{}'",
+                    spec.team_id, spec.name
+                )))
+            }
+            other => other?,
+        };
+        if updated.rows_affected() == 0 {
+            let exists = sqlx::query("SELECT generation, deleted_at FROM services WHERE id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+            return Err(match exists {
+                None => StoreError::NotFound(id),
+                Some(row) if row.try_get::<Option<String>, _>("deleted_at")?.is_some() => {
+                    StoreError::Conflict(format!("service {id} is being deleted"))
+                }
+                Some(row) => StoreError::Conflict(format!(
+                    "service {id} changed concurrently (generation {} is not {expected_generation}); read it again and retry",
+                    row.try_get::<i64, _>("generation")?
+                )),
+            });
+        }
+        if let Some(secrets) = secrets {
+            sqlx::query("UPDATE service_secrets SET sealed = ? WHERE service_id = ?")
+                .bind(self.seal(id, secrets))
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {SERVICE_COLUMNS} FROM services WHERE id = ?"
+        ))
+        .bind(id.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Self::row_to_service(&row)
+    }
+
+    async fn service_mark_deleted(&self, id: ServiceId, at: OffsetDateTime) -> Result<Service> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE services SET deleted_at = ?, generation = generation + 1
+             WHERE id = ? AND deleted_at IS NULL",
+        )
+        .bind(ts(at))
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {SERVICE_COLUMNS} FROM services WHERE id = ?"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound(id))?;
+        if done.rows_affected() > 0 {
+            // The credentials are destroyed with the delete: nothing can reveal them again.
+            sqlx::query("UPDATE service_secrets SET sealed = ? WHERE service_id = ?")
+                .bind(self.seal(id, &Secrets::default()))
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Self::row_to_service(&row)
+    }
+
+    async fn service_purge(&self, id: ServiceId) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM events WHERE service_id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM services WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn secrets_get(&self, id: ServiceId) -> Result<Secrets> {
+        let sealed: Vec<u8> =
+            sqlx::query_scalar("SELECT sealed FROM service_secrets WHERE service_id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(StoreError::NotFound(id))?;
+        let plain = self
+            .cipher
+            .open(&sealed, id.to_string().as_bytes())
+            .ok_or(StoreError::Unseal)?;
+        serde_json::from_slice(&plain).map_err(|e| corrupt("secrets", e))
+    }
+
+    async fn status_get(&self, id: ServiceId) -> Result<Option<ServiceStatus>> {
+        let row = sqlx::query(
+            "SELECT state, reason, observed_generation, details, since FROM service_status WHERE service_id = ?",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let state: String = row.try_get("state")?;
+        let details: String = row.try_get("details")?;
+        Ok(Some(ServiceStatus {
+            state: ServiceState::parse(&state).ok_or_else(|| corrupt("state", &state))?,
+            reason: row.try_get("reason")?,
+            observed_generation: row.try_get("observed_generation")?,
+            details: serde_json::from_str(&details).map_err(|e| corrupt("details", e))?,
+            since: parse_ts(&row.try_get::<String, _>("since")?)?,
+        }))
+    }
+
+    async fn status_put(&self, id: ServiceId, status: &ServiceStatus) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        put_status(&mut tx, &id.to_string(), status).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn event_append(&self, id: ServiceId, event: &Event) -> Result<()> {
+        sqlx::query("INSERT INTO events (service_id, event) VALUES (?, ?)")
+            .bind(id.to_string())
+            .bind(serde_json::to_string(event).expect("events serialize to JSON"))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn event_list(
+        &self,
+        id: ServiceId,
+        limit: u32,
+        before: Option<i64>,
+    ) -> Result<Vec<(i64, Event)>> {
+        let rows = sqlx::query(
+            "SELECT seq, event FROM events WHERE service_id = ? AND (? IS NULL OR seq < ?)
+             ORDER BY seq DESC LIMIT ?",
+        )
+        .bind(id.to_string())
+        .bind(before)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let text: String = r.try_get("event")?;
+                let ev = serde_json::from_str(&text).map_err(|e| corrupt("event", e))?;
+                Ok((r.try_get("seq")?, ev))
+            })
+            .collect()
+    }
+}
+
+async fn put_status(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    id: &str,
+    status: &ServiceStatus,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO service_status (service_id, state, reason, observed_generation, details, since)
+         VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (service_id) DO UPDATE SET state = excluded.state, reason = excluded.reason,
+           observed_generation = excluded.observed_generation, details = excluded.details,
+           since = excluded.since",
+    )
+    .bind(id)
+    .bind(status.state.as_str())
+    .bind(&status.reason)
+    .bind(status.observed_generation)
+    .bind(serde_json::to_string(&status.details).expect("details serialize to JSON"))
+    .bind(ts(status.since))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

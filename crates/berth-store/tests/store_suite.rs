@@ -1,0 +1,195 @@
+//! One suite for every store implementation. SQLite runs here on a real database file; the
+//! PostgreSQL store will call the same functions.
+
+use berth_store::{Cipher, MasterKey, NewService, SqliteStore, Store, StoreError};
+use berth_types::*;
+use serde_json::json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+fn spec(team: i64, name: &str) -> ServiceSpec {
+    ServiceSpec {
+        team_id: team,
+        name: name.into(),
+        provider: ProviderRef {
+            name: "redis".into(),
+            version: "v1".into(),
+        },
+        plan: PlanSelection {
+            id: 0,
+            parameters: json!({"memory": 128}).as_object().unwrap().clone(),
+        },
+        config: json!({"version": "7"}).as_object().unwrap().clone(),
+        pause: false,
+        backups: BackupSettings::default(),
+    }
+}
+
+fn secrets(pw: &str) -> Secrets {
+    Secrets {
+        service: json!({"password": pw}).as_object().unwrap().clone(),
+        backups: Default::default(),
+    }
+}
+
+async fn insert(store: &dyn Store, team: i64, name: &str, pw: &str) -> Result<Service, StoreError> {
+    let now = OffsetDateTime::now_utc();
+    let new = NewService {
+        id: Uuid::new_v4(),
+        spec: spec(team, name),
+        created_at: now,
+    };
+    store
+        .service_insert(
+            &new,
+            &secrets(pw),
+            &ServiceStatus::new(ServiceState::Creating, 1, now),
+        )
+        .await
+}
+
+async fn suite(store: &dyn Store) {
+    // insert, get, names unique per team
+    let a = insert(store, 1, "orders", "pw-a-123456789").await.unwrap();
+    assert_eq!(a.generation, 1);
+    assert_eq!(store.service_get(a.id).await.unwrap(), a);
+    assert!(matches!(
+        insert(store, 1, "orders", "x").await,
+        Err(StoreError::Conflict(_))
+    ));
+    let b = insert(store, 2, "orders", "pw-b-123456789").await.unwrap();
+    assert_eq!(
+        store.service_list(Some(1), false).await.unwrap(),
+        vec![a.clone()]
+    );
+    assert_eq!(store.service_list(None, false).await.unwrap().len(), 2);
+
+    // secrets round-trip
+    assert_eq!(
+        store.secrets_get(b.id).await.unwrap(),
+        secrets("pw-b-123456789")
+    );
+
+    // generation check: one writer wins, the stale one gets a conflict
+    let mut s2 = a.spec.clone();
+    s2.config.insert("version".into(), json!("8"));
+    let a2 = store
+        .service_update(a.id, 1, &s2, Some(&secrets("new-pw-123456")))
+        .await
+        .unwrap();
+    assert_eq!(a2.generation, 2);
+    assert_eq!(a2.spec, s2);
+    assert!(matches!(
+        store.service_update(a.id, 1, &a.spec, None).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.secrets_get(a.id).await.unwrap(),
+        secrets("new-pw-123456")
+    );
+    assert!(matches!(
+        store.service_get(Uuid::new_v4()).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // status
+    let now = OffsetDateTime::now_utc();
+    let mut st = ServiceStatus::new(ServiceState::Synchronized, 2, now);
+    st.details.insert("port".into(), json!(30001));
+    store.status_put(a.id, &st).await.unwrap();
+    let got = store.status_get(a.id).await.unwrap().unwrap();
+    assert_eq!(got.state, ServiceState::Synchronized);
+    assert_eq!(got.details, st.details);
+
+    // events, newest first, paged
+    for i in 0..5 {
+        let ev = Event::new(
+            a.id,
+            "berth.test",
+            Severity::Info,
+            format!("event {i}"),
+            now,
+        );
+        store.event_append(a.id, &ev).await.unwrap();
+    }
+    let page = store.event_list(a.id, 2, None).await.unwrap();
+    assert_eq!(
+        page.iter()
+            .map(|(_, e)| e.body.as_str())
+            .collect::<Vec<_>>(),
+        ["event 4", "event 3"]
+    );
+    let next = store.event_list(a.id, 10, Some(page[1].0)).await.unwrap();
+    assert_eq!(next.len(), 3);
+    assert_eq!(next[0].1.body, "event 2");
+
+    // delete: hidden from the default list, secrets destroyed, name free again
+    let d = store.service_mark_deleted(a.id, now).await.unwrap();
+    assert!(d.deleted_at.is_some());
+    assert_eq!(d.generation, 3);
+    assert_eq!(store.secrets_get(a.id).await.unwrap(), Secrets::default());
+    assert!(store.service_list(Some(1), false).await.unwrap().is_empty());
+    assert_eq!(store.service_list(Some(1), true).await.unwrap().len(), 1);
+    insert(store, 1, "orders", "again-123456789").await.unwrap();
+    assert!(matches!(
+        store.service_update(a.id, 3, &a.spec, None).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    // purge removes every trace
+    store.service_purge(a.id).await.unwrap();
+    assert!(matches!(
+        store.service_get(a.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.status_get(a.id).await.unwrap().is_none());
+    assert!(store.event_list(a.id, 10, None).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn sqlite_file_store_passes_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("berth.db");
+    let store = SqliteStore::open(&path, Cipher::new(&MasterKey::random()))
+        .await
+        .unwrap();
+    suite(&store).await;
+    // Secrets never reach the file in plaintext.
+    drop(store);
+    let mut bytes = std::fs::read(&path).unwrap();
+    if let Ok(wal) = std::fs::read(dir.path().join("berth.db-wal")) {
+        bytes.extend(wal);
+    }
+    for pw in ["pw-b-123456789", "new-pw-123456", "again-123456789"] {
+        assert!(
+            !bytes.windows(pw.len()).any(|w| w == pw.as_bytes()),
+            "{pw} found in the database file"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sqlite_memory_store_passes_the_suite() {
+    let store = SqliteStore::in_memory(Cipher::new(&MasterKey::random()))
+        .await
+        .unwrap();
+    suite(&store).await;
+}
+
+#[tokio::test]
+async fn a_wrong_master_key_cannot_unseal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("berth.db");
+    let store = SqliteStore::open(&path, Cipher::new(&MasterKey::random()))
+        .await
+        .unwrap();
+    let s = insert(&store, 1, "x", "pw-123456789012").await.unwrap();
+    drop(store);
+    let other = SqliteStore::open(&path, Cipher::new(&MasterKey::random()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        other.secrets_get(s.id).await,
+        Err(StoreError::Unseal)
+    ));
+}

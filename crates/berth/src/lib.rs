@@ -1,0 +1,7 @@
+//! The `berth` binary's library: the server assembly ([`server`]), its configuration
+//! ([`config`]), the CLI client ([`cli`]) and the benchmarks ([`bench`]). `main.rs` only parses
+//! arguments and calls in here.
+
+pub mod cli;
+pub mod config;
+pub mod server;

@@ -1,0 +1,514 @@
+//! `berth`: the server and the CLI in one binary. Parses arguments and calls the library.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berth::cli::{self, CliError, CliResult, Client};
+use berth::config::{FileConfig, ServerConfig};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "Self-hosted managed services: PostgreSQL, Redis and more, from one API."
+)]
+struct Cli {
+    /// Berth's API address.
+    #[arg(
+        long,
+        env = "BERTH_URL",
+        default_value = "http://127.0.0.1:7878",
+        global = true
+    )]
+    url: String,
+    /// API token; defaults to the admin token in $BERTH_DATA_DIR (or ./berth-data).
+    #[arg(long, env = "BERTH_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the API, the reconciler and the local backend.
+    Server(ServerArgs),
+    /// The provider catalog.
+    Providers {
+        #[command(subcommand)]
+        cmd: ProvidersCmd,
+    },
+    /// Managed services.
+    Services {
+        #[command(subcommand)]
+        cmd: ServicesCmd,
+    },
+    /// Print the environment variables an application uses to reach a service.
+    Env(EnvArgs),
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Where Berth keeps its database, keys and instances.
+    #[arg(long, env = "BERTH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of the API.
+    #[arg(long, env = "BERTH_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// A TOML file with the same settings (flags and env vars win).
+    #[arg(long, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where scripts/setup.sh unpacks engine builds.
+    #[arg(long, env = "BERTH_ENGINES_DIR")]
+    engines_dir: Option<PathBuf>,
+    /// The master key file (created 0600 if missing; default <data-dir>/master.key).
+    #[arg(long, env = "BERTH_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+    /// Seconds a service may take to become ready before it shows `error`.
+    #[arg(long, env = "BERTH_READY_DEADLINE_SECS")]
+    ready_deadline_secs: Option<u64>,
+    /// The OS user instances run as when Berth runs as root.
+    #[arg(long, env = "BERTH_INSTANCE_USER")]
+    instance_user: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ProvidersCmd {
+    /// List the providers, their installed versions and plans.
+    List {
+        #[arg(long)]
+        team: Option<i64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServicesCmd {
+    /// Create a service: `berth services create postgres --name orders --plan 0 --version 17 --wait`.
+    Create {
+        provider: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        team: i64,
+        #[arg(long, default_value_t = 0)]
+        plan: i64,
+        /// Engine major version (config.version); default the newest installed.
+        #[arg(long)]
+        version: Option<String>,
+        /// Plan parameter, key=value (repeatable).
+        #[arg(long = "param")]
+        params: Vec<String>,
+        /// Config value, key=value (repeatable).
+        #[arg(long = "config")]
+        config: Vec<String>,
+        /// Secret, key=value (repeatable); missing secrets are generated.
+        #[arg(long = "secret")]
+        secrets: Vec<String>,
+        /// Wait until the service is synchronized.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// List services.
+    List {
+        #[arg(long)]
+        team: Option<i64>,
+        #[arg(long)]
+        include_deleted: bool,
+    },
+    /// Show one service (by id or name).
+    Get {
+        service: String,
+        #[arg(long)]
+        team: Option<i64>,
+    },
+    /// Change name, plan, config or secrets.
+    Update {
+        service: String,
+        #[arg(long)]
+        team: Option<i64>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        plan: Option<i64>,
+        #[arg(long = "param")]
+        params: Vec<String>,
+        #[arg(long = "config")]
+        config: Vec<String>,
+        #[arg(long = "secret")]
+        secrets: Vec<String>,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Delete a service: credentials at once, instance and data next.
+    Delete {
+        service: String,
+        #[arg(long)]
+        team: Option<i64>,
+        /// Wait until the service is gone.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// The service's events, newest first.
+    Events {
+        service: String,
+        #[arg(long)]
+        team: Option<i64>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// The tail of the instance's server log.
+    Logs {
+        service: String,
+        #[arg(long)]
+        team: Option<i64>,
+        #[arg(long, default_value_t = 200)]
+        lines: usize,
+    },
+}
+
+#[derive(Args)]
+struct EnvArgs {
+    service: String,
+    #[arg(long)]
+    team: Option<i64>,
+    #[arg(long, default_value = "dotenv", value_parser = ["dotenv", "shell", "json"])]
+    format: String,
+    /// Variable prefix (`<PREFIX>_DATABASE_URL`); DEFAULT also gives the bare names.
+    #[arg(long)]
+    prefix: Option<String>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    let code = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Server(args) => match server(args).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            },
+            cmd => {
+                let token = cli.token.or_else(default_token);
+                let client = Client::new(&cli.url, token);
+                match client_cmd(&client, cmd, cli.output).await {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("error: {}", e.message);
+                        e.code
+                    }
+                }
+            }
+        }
+    });
+    std::process::exit(code);
+}
+
+fn default_token() -> Option<String> {
+    let dir = std::env::var_os("BERTH_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "berth-data".into());
+    std::fs::read_to_string(dir.join("admin.token"))
+        .ok()
+        .map(|t| t.trim().to_owned())
+}
+
+async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let overrides = FileConfig {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        engines_dir: args.engines_dir,
+        master_key_file: args.master_key_file,
+        ready_deadline_secs: args.ready_deadline_secs,
+        instance_user: args.instance_user,
+        ..Default::default()
+    };
+    berth::server::run(ServerConfig::resolve(overrides, file)).await
+}
+
+fn print(value: &Value, output: Output, table: impl FnOnce(&Value) -> String) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
+        Output::Table => print!("{}", table(value)),
+    }
+}
+
+fn one_table(v: &Value) -> String {
+    cli::services_table(std::slice::from_ref(v))
+}
+
+async fn client_cmd(c: &Client, cmd: Cmd, output: Output) -> CliResult<()> {
+    match cmd {
+        Cmd::Server(_) => unreachable!("handled in main"),
+        Cmd::Providers {
+            cmd: ProvidersCmd::List { team },
+        } => {
+            let path = match team {
+                Some(t) => format!("/api/managed-services/providers?teamId={t}"),
+                None => "/api/managed-services/providers".into(),
+            };
+            let v = c.get(&path).await?;
+            print(&v, output, |v| {
+                cli::providers_table(v.as_array().map(Vec::as_slice).unwrap_or(&[]))
+            });
+        }
+        Cmd::Services { cmd } => services(c, cmd, output).await?,
+        Cmd::Env(args) => {
+            let svc = c.resolve(&args.service, args.team).await?;
+            let id = svc["id"].as_str().unwrap_or_default();
+            let path = match &args.prefix {
+                Some(p) => format!("/api/managed-services/{id}/env?prefix={p}"),
+                None => format!("/api/managed-services/{id}/env"),
+            };
+            let v = c.call(reqwest::Method::POST, &path, None).await?;
+            let vars = v["variables"].as_object().cloned().unwrap_or_default();
+            print!("{}", cli::render_env(&vars, &args.format)?);
+        }
+    }
+    Ok(())
+}
+
+async fn services(c: &Client, cmd: ServicesCmd, output: Output) -> CliResult<()> {
+    match cmd {
+        ServicesCmd::Create {
+            provider,
+            name,
+            team,
+            plan,
+            version,
+            params,
+            config,
+            secrets,
+            wait,
+            timeout,
+        } => {
+            let mut config = cli::parse_pairs(&config, "config", false)?;
+            if let Some(v) = version {
+                config.insert("version".into(), Value::String(v));
+            }
+            let mut body = json!({
+                "teamId": team, "name": name, "provider": {"name": provider},
+                "plan": {"id": plan, "parameters": cli::parse_pairs(&params, "param", true)?},
+                "config": config,
+            });
+            if !secrets.is_empty() {
+                body["secrets"] = Value::Object(cli::parse_pairs(&secrets, "secret", false)?);
+            }
+            let created = c
+                .call(reqwest::Method::POST, "/api/managed-services", Some(&body))
+                .await?;
+            let generated = created["generatedSecrets"].clone();
+            let mut shown = created.clone();
+            if wait {
+                let id = created["id"].as_str().unwrap_or_default();
+                shown = c
+                    .wait_for(id, "synchronized", Duration::from_secs(timeout))
+                    .await?;
+                shown["generatedSecrets"] = generated.clone();
+            }
+            print(&shown, output, |v| {
+                let mut s = one_table(v);
+                if let Some(g) = generated.as_object().filter(|g| !g.is_empty()) {
+                    s.push_str("\nGenerated secrets (shown this once; `berth env` gives the connection variables):\n");
+                    for (k, v) in g {
+                        s.push_str(&format!("  {k}: {}\n", v.as_str().unwrap_or_default()));
+                    }
+                }
+                s
+            });
+        }
+        ServicesCmd::List {
+            team,
+            include_deleted,
+        } => {
+            let mut q = vec![];
+            if let Some(t) = team {
+                q.push(format!("team={t}"));
+            }
+            if include_deleted {
+                q.push("includeDeleted=true".into());
+            }
+            let path = if q.is_empty() {
+                "/api/managed-services".into()
+            } else {
+                format!("/api/managed-services?{}", q.join("&"))
+            };
+            let v = c.get(&path).await?;
+            print(&v, output, |v| {
+                cli::services_table(v.as_array().map(Vec::as_slice).unwrap_or(&[]))
+            });
+        }
+        ServicesCmd::Get { service, team } => {
+            let v = c.resolve(&service, team).await?;
+            print(&v, output, one_table);
+        }
+        ServicesCmd::Update {
+            service,
+            team,
+            name,
+            plan,
+            params,
+            config,
+            secrets,
+            wait,
+            timeout,
+        } => {
+            let svc = c.resolve(&service, team).await?;
+            let id = svc["id"].as_str().unwrap_or_default().to_owned();
+            let mut body = json!({});
+            if let Some(n) = name {
+                body["name"] = json!(n);
+            }
+            if plan.is_some() || !params.is_empty() {
+                body["plan"] = json!({"id": plan.unwrap_or(svc["plan"]["id"].as_i64().unwrap_or(0)),
+                    "parameters": cli::parse_pairs(&params, "param", true)?});
+            }
+            if !config.is_empty() {
+                body["config"] = Value::Object(cli::parse_pairs(&config, "config", false)?);
+            }
+            if !secrets.is_empty() {
+                body["secrets"] = Value::Object(cli::parse_pairs(&secrets, "secret", false)?);
+            }
+            let mut v = c
+                .call(
+                    reqwest::Method::PATCH,
+                    &format!("/api/managed-services/{id}"),
+                    Some(&body),
+                )
+                .await?;
+            if wait {
+                // Let the reconciler see the new generation before waiting for `synchronized`.
+                let generation = v["status"]["generation"].as_i64().unwrap_or(0);
+                let deadline = std::time::Instant::now() + Duration::from_secs(timeout);
+                loop {
+                    v = c
+                        .wait_for(&id, "synchronized", Duration::from_secs(timeout))
+                        .await?;
+                    if v["status"]["observedGeneration"].as_i64().unwrap_or(0) >= generation
+                        || std::time::Instant::now() > deadline
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            print(&v, output, one_table);
+        }
+        ServicesCmd::Delete {
+            service,
+            team,
+            wait,
+            timeout,
+        } => {
+            let svc = c.resolve(&service, team).await?;
+            let id = svc["id"].as_str().unwrap_or_default().to_owned();
+            let v = c
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/api/managed-services/{id}"),
+                    None,
+                )
+                .await?;
+            if wait {
+                let start = std::time::Instant::now();
+                loop {
+                    match c.get(&format!("/api/managed-services/{id}")).await {
+                        Err(e) if e.code == 4 => break,
+                        Err(e) => return Err(e),
+                        Ok(_) if start.elapsed() > Duration::from_secs(timeout) => {
+                            return Err(CliError::new(
+                                7,
+                                format!("service {id} is still being deleted after {timeout}s"),
+                            ))
+                        }
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+                if output == Output::Table {
+                    println!("deleted {id}");
+                    return Ok(());
+                }
+            }
+            print(&v, output, one_table);
+        }
+        ServicesCmd::Events {
+            service,
+            team,
+            limit,
+        } => {
+            let svc = c.resolve(&service, team).await?;
+            let id = svc["id"].as_str().unwrap_or_default();
+            let v = c
+                .get(&format!("/api/managed-services/{id}/events?limit={limit}"))
+                .await?;
+            print(&v, output, |v| {
+                v["events"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| {
+                        let sev = match e["severityNumber"].as_i64().unwrap_or(0) {
+                            n if n >= 17 => "ERROR",
+                            n if n >= 13 => "WARN",
+                            _ => "INFO",
+                        };
+                        format!(
+                            "{}  {sev:<5}  {}\n",
+                            e["timestamp"].as_str().unwrap_or(""),
+                            e["body"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            });
+        }
+        ServicesCmd::Logs {
+            service,
+            team,
+            lines,
+        } => {
+            let svc = c.resolve(&service, team).await?;
+            let id = svc["id"].as_str().unwrap_or_default();
+            let v = c
+                .get(&format!("/api/managed-services/{id}/logs?lines={lines}"))
+                .await?;
+            println!("{}", v.as_str().unwrap_or_default());
+        }
+    }
+    Ok(())
+}
