@@ -92,6 +92,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Q<T> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct ListQuery {
     /// Only this team's services.
@@ -163,6 +164,7 @@ async fn services_delete(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Page size, 1 to 500 (default 50).
     pub limit: Option<u32>,
@@ -199,6 +201,7 @@ async fn services_events(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
     /// How many of the last lines (default 200, at most 5000).
     pub lines: Option<usize>,
@@ -220,6 +223,7 @@ async fn services_logs(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EnvQuery {
     /// Variable name prefix; `DEFAULT` (the default) also yields the bare names.
     pub prefix: Option<String>,
@@ -243,6 +247,7 @@ async fn services_env(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct ProvidersQuery {
     /// Include the providers scoped to this team.

@@ -274,22 +274,33 @@ impl LocalBackend {
             let _ = child.wait().await;
             changed.notify_one();
         });
-        let deadline = Instant::now() + self.host.cfg.start_timeout;
+        let spawned = Instant::now();
+        let deadline = spawned + self.host.cfg.start_timeout;
         let result = async {
             self.engine
                 .wait_started(&ctx, deadline)
                 .await
                 .map_err(|e| fail("waiting for the server", e))?;
+            let started = Instant::now();
             if first {
                 self.engine
                     .bootstrap(&ctx, secrets)
                     .await
                     .map_err(|e| fail("setting credentials", e))?;
             }
+            let bootstrapped = Instant::now();
             self.engine
                 .probe(&ctx, secrets)
                 .await
-                .map_err(|e| fail("health check", e))
+                .map_err(|e| fail("health check", e))?;
+            tracing::debug!(
+                id = %record.id,
+                start_ms = (started - spawned).as_millis() as u64,
+                credentials_ms = (bootstrapped - started).as_millis() as u64,
+                probe_ms = bootstrapped.elapsed().as_millis() as u64,
+                "instance started"
+            );
+            Ok::<(), BackendError>(())
         }
         .await;
         if let Err(e) = result {
@@ -398,10 +409,12 @@ impl LocalBackend {
         write_record(&dir, &record)?;
         slot.state.lock().unwrap().record = Some(record.clone());
         let ctx = self.ctx(&record)?;
+        let t0 = Instant::now();
         self.engine
             .init(&ctx, self.host.cfg.run_as)
             .await
             .map_err(|e| BackendError::Failed(format!("laying out the data directory: {e}")))?;
+        tracing::debug!(id = %spec.id, init_ms = t0.elapsed().as_millis() as u64, "instance files laid out");
         self.start(slot, &record, &spec.secrets, true).await?;
         let mut record = record;
         record.initialized = true;

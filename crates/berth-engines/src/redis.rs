@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::postgres::{chown_tree, secret};
+use crate::postgres::{private_dir, secret};
 use crate::{EngineError, EngineKind, Installation, InstanceCtx, Launch, Result, RunAs};
 
 #[derive(Default)]
@@ -61,10 +61,7 @@ impl crate::Engine for Redis {
 
     async fn init(&self, ctx: &InstanceCtx, run_as: Option<RunAs>) -> Result<()> {
         for d in [ctx.data_dir(), ctx.run_dir(), ctx.dir.join("log")] {
-            std::fs::create_dir_all(&d).map_err(EngineError::io("creating instance dirs"))?;
-            std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-                .map_err(EngineError::io("restricting instance dirs"))?;
-            chown_tree(&d, run_as)?;
+            private_dir(&d, run_as)?;
         }
         Ok(())
     }

@@ -296,15 +296,20 @@ impl Reconciler {
                 || c.observed_generation != plan.status.observed_generation
                 || c.details != plan.status.details
         });
-        if changed {
-            self.store.status_put(svc.id, &plan.status).await?;
-        }
-        for ev in &plan.events {
-            let event = Event::new(svc.id, ev.name, ev.severity, ev.body.clone(), now())
-                .with_attr("berth.generation", svc.generation)
-                .with_attr("berth.state", plan.status.state.as_str());
-            self.store.event_append(svc.id, &event).await?;
-            tracing::info!(service = %svc.id, event = ev.name, "{}", ev.body);
+        let events: Vec<Event> = plan
+            .events
+            .iter()
+            .map(|ev| {
+                tracing::info!(service = %svc.id, event = ev.name, "{}", ev.body);
+                Event::new(svc.id, ev.name, ev.severity, ev.body.clone(), now())
+                    .with_attr("berth.generation", svc.generation)
+                    .with_attr("berth.state", plan.status.state.as_str())
+            })
+            .collect();
+        if changed || !events.is_empty() {
+            self.store
+                .status_record(svc.id, changed.then_some(&plan.status), &events)
+                .await?;
         }
         Ok(())
     }

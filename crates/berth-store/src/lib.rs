@@ -75,7 +75,14 @@ pub trait Store: Send + Sync + 'static {
     async fn secrets_get(&self, id: ServiceId) -> Result<Secrets>;
 
     async fn status_get(&self, id: ServiceId) -> Result<Option<ServiceStatus>>;
-    async fn status_put(&self, id: ServiceId, status: &ServiceStatus) -> Result<()>;
+    /// Writes the observed status (when given) and appends `events`, in one transaction, so a
+    /// reader never sees a state without the event that announced it.
+    async fn status_record(
+        &self,
+        id: ServiceId,
+        status: Option<&ServiceStatus>,
+        events: &[Event],
+    ) -> Result<()>;
 
     async fn event_append(&self, id: ServiceId, event: &Event) -> Result<()>;
     /// The newest events first, at most `limit`, older than sequence `before` when given.

@@ -294,9 +294,23 @@ impl Store for SqliteStore {
         }))
     }
 
-    async fn status_put(&self, id: ServiceId, status: &ServiceStatus) -> Result<()> {
+    async fn status_record(
+        &self,
+        id: ServiceId,
+        status: Option<&ServiceStatus>,
+        events: &[Event],
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        put_status(&mut tx, &id.to_string(), status).await?;
+        if let Some(status) = status {
+            put_status(&mut tx, &id.to_string(), status).await?;
+        }
+        for event in events {
+            sqlx::query("INSERT INTO events (service_id, event) VALUES (?, ?)")
+                .bind(id.to_string())
+                .bind(serde_json::to_string(event).expect("events serialize to JSON"))
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -96,7 +96,12 @@ async fn suite(store: &dyn Store) {
     let now = OffsetDateTime::now_utc();
     let mut st = ServiceStatus::new(ServiceState::Synchronized, 2, now);
     st.details.insert("port".into(), json!(30001));
-    store.status_put(a.id, &st).await.unwrap();
+    let ev = Event::new(a.id, "berth.state", Severity::Info, "now synchronized", now);
+    store
+        .status_record(a.id, Some(&st), std::slice::from_ref(&ev))
+        .await
+        .unwrap();
+    assert_eq!(store.event_list(a.id, 1, None).await.unwrap()[0].1, ev);
     let got = store.status_get(a.id).await.unwrap().unwrap();
     assert_eq!(got.state, ServiceState::Synchronized);
     assert_eq!(got.details, st.details);
@@ -120,7 +125,7 @@ async fn suite(store: &dyn Store) {
         ["event 4", "event 3"]
     );
     let next = store.event_list(a.id, 10, Some(page[1].0)).await.unwrap();
-    assert_eq!(next.len(), 3);
+    assert_eq!(next.len(), 4);
     assert_eq!(next[0].1.body, "event 2");
 
     // delete: hidden from the default list, secrets destroyed, name free again

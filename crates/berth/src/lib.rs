@@ -2,6 +2,7 @@
 //! ([`config`]), the CLI client ([`cli`]) and the benchmarks ([`bench`]). `main.rs` only parses
 //! arguments and calls in here.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod server;

@@ -55,6 +55,27 @@ enum Cmd {
     },
     /// Print the environment variables an application uses to reach a service.
     Env(EnvArgs),
+    /// Measure Berth against baselines taken in the same run (see docs/benchmarks.md).
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// POST to first query for PostgreSQL and Redis, and the server's memory with 50 services.
+    Provision {
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        #[arg(long, default_value_t = 50)]
+        services: usize,
+        #[arg(long, env = "BERTH_ENGINES_DIR", default_value = "/opt/berth/engines")]
+        engines_dir: PathBuf,
+        /// Leave the services running at the end.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 #[derive(Args)]
@@ -210,6 +231,29 @@ fn main() {
                     1
                 }
             },
+            Cmd::Bench {
+                cmd:
+                    BenchCmd::Provision {
+                        runs,
+                        services,
+                        engines_dir,
+                        keep,
+                    },
+            } => {
+                let args = berth::bench::BenchArgs {
+                    runs,
+                    services_for_memory: services,
+                    engines_dir,
+                    keep,
+                };
+                match berth::bench::provision(args).await {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        1
+                    }
+                }
+            }
             cmd => {
                 let token = cli.token.or_else(default_token);
                 let client = Client::new(&cli.url, token);
@@ -275,7 +319,7 @@ fn one_table(v: &Value) -> String {
 
 async fn client_cmd(c: &Client, cmd: Cmd, output: Output) -> CliResult<()> {
     match cmd {
-        Cmd::Server(_) => unreachable!("handled in main"),
+        Cmd::Server(_) | Cmd::Bench { .. } => unreachable!("handled in main"),
         Cmd::Providers {
             cmd: ProvidersCmd::List { team },
         } => {

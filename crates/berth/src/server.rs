@@ -40,7 +40,7 @@ pub struct Running {
 }
 
 /// Looks up the OS user instances run as, when running as root.
-fn run_as(user: &str) -> anyhow::Result<Option<RunAs>> {
+pub fn run_as(user: &str) -> anyhow::Result<Option<RunAs>> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(None);

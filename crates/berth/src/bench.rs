@@ -1,0 +1,454 @@
+//! `berth bench provision`: time from `POST /api/managed-services` to the first successful query
+//! with the returned credentials, for PostgreSQL and Redis, beside baselines measured in the same
+//! run on the same disk: copying the template data dir and starting a bare server, `initdb` and
+//! starting it, and starting a bare Redis. Then the resident memory of `berth server` with 50
+//! services. The server is the real binary, started as a child process on a temporary data dir.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use berth_engines::{EngineKind, Installations};
+use serde_json::{json, Value};
+use sqlx::Connection;
+
+use crate::cli::Client;
+
+pub struct BenchArgs {
+    pub runs: usize,
+    pub services_for_memory: usize,
+    pub engines_dir: PathBuf,
+    pub keep: bool,
+}
+
+struct Server {
+    child: std::process::Child,
+    client: Client,
+    dir: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn start_server(dir: &Path, engines_dir: &Path) -> anyhow::Result<Server> {
+    let port = free_port()?;
+    let log = std::fs::File::create(dir.join("server.log"))?;
+    let child = Command::new(std::env::current_exe()?)
+        .args(["server", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--engines-dir"])
+        .arg(engines_dir)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let start = Instant::now();
+    let token = loop {
+        if let Ok(t) = std::fs::read_to_string(dir.join("admin.token")) {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break t.trim().to_owned();
+            }
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!(
+                "berth server did not start; see {}/server.log",
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    Ok(Server {
+        child,
+        client: Client::new(&format!("http://127.0.0.1:{port}"), Some(token)),
+        dir: dir.to_path_buf(),
+    })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn summary(samples: &mut [f64]) -> (f64, f64) {
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (percentile(samples, 0.5), percentile(samples, 0.95))
+}
+
+fn row(label: &str, samples: &mut [f64], target: Option<f64>) {
+    let (median, p95) = summary(samples);
+    let verdict = match target {
+        Some(t) if median <= t => format!("  target <= {t:.0} ms: met"),
+        Some(t) => format!("  target <= {t:.0} ms: MISSED"),
+        None => String::new(),
+    };
+    println!("{label:<48} {median:>8.1} ms {p95:>8.1} ms{verdict}");
+}
+
+fn http_err(e: crate::cli::CliError) -> anyhow::Error {
+    anyhow::anyhow!(e.message)
+}
+
+/// POST, poll until synchronized, then one query with the credentials; returns milliseconds and
+/// the service id.
+async fn provision_once(c: &Client, body: &Value) -> anyhow::Result<(f64, String)> {
+    let t0 = Instant::now();
+    let created = c
+        .call(reqwest::Method::POST, "/api/managed-services", Some(body))
+        .await
+        .map_err(http_err)?;
+    let id = created["id"].as_str().context("no id")?.to_owned();
+    loop {
+        let svc = c
+            .get(&format!("/api/managed-services/{id}"))
+            .await
+            .map_err(http_err)?;
+        match svc["status"]["state"].as_str() {
+            Some("synchronized") => break,
+            Some("error") => bail!("service went to error: {}", svc["status"]["reason"]),
+            _ if t0.elapsed() > Duration::from_secs(60) => bail!("not ready after 60 s"),
+            _ => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+    let env = c
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/managed-services/{id}/env"),
+            None,
+        )
+        .await
+        .map_err(http_err)?;
+    let vars = &env["variables"];
+    if let Some(url) = vars["DATABASE_URL"].as_str() {
+        let mut conn = sqlx::PgConnection::connect(url).await?;
+        sqlx::query("select 1").execute(&mut conn).await?;
+        let elapsed = t0.elapsed();
+        conn.close().await?;
+        return Ok((elapsed.as_secs_f64() * 1000.0, id));
+    }
+    let port: u16 = vars["REDIS_PORT"]
+        .as_str()
+        .context("no REDIS_PORT")?
+        .parse()?;
+    let pw = vars["REDIS_PASSWORD"]
+        .as_str()
+        .context("no REDIS_PASSWORD")?;
+    redis_ping(port, Some(pw)).await?;
+    Ok((t0.elapsed().as_secs_f64() * 1000.0, id))
+}
+
+async fn redis_ping(port: u16, password: Option<&str>) -> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream.set_nodelay(true)?;
+    let mut s = BufReader::new(stream);
+    let mut line = String::new();
+    if let Some(pw) = password {
+        s.get_mut()
+            .write_all(format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{pw}\r\n", pw.len()).as_bytes())
+            .await?;
+        s.read_line(&mut line).await?;
+        if line.trim() != "+OK" {
+            bail!("AUTH: {line}");
+        }
+        line.clear();
+    }
+    s.get_mut().write_all(b"*1\r\n$4\r\nPING\r\n").await?;
+    s.read_line(&mut line).await?;
+    if line.trim() != "+PONG" {
+        bail!("PING: {line}");
+    }
+    Ok(())
+}
+
+async fn delete_all(c: &Client, ids: &[String]) -> anyhow::Result<()> {
+    for id in ids {
+        c.call(
+            reqwest::Method::DELETE,
+            &format!("/api/managed-services/{id}"),
+            None,
+        )
+        .await
+        .map_err(http_err)?;
+    }
+    let start = Instant::now();
+    for id in ids {
+        while c.get(&format!("/api/managed-services/{id}")).await.is_ok() {
+            if start.elapsed() > Duration::from_secs(120) {
+                bail!("service {id} not deleted after 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `program` as the instances' user when root (PostgreSQL refuses root).
+fn as_instance_user(program: &Path) -> Command {
+    let mut c = Command::new(program);
+    if let Ok(Some(ids)) = crate::server::run_as("berth") {
+        use std::os::unix::process::CommandExt;
+        c.uid(ids.uid).gid(ids.gid);
+    }
+    c
+}
+
+/// Spawns `postgres -D data -p port -k dir` and polls its socket until it answers.
+async fn start_bare_postgres(
+    server: &Path,
+    data: &Path,
+    sock: &Path,
+    port: u16,
+) -> anyhow::Result<std::process::Child> {
+    let child = as_instance_user(server)
+        .arg("-D")
+        .arg(data)
+        .args(["-p", &port.to_string(), "-c", "listen_addresses=", "-k"])
+        .arg(sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let opts = sqlx::postgres::PgConnectOptions::new()
+        .socket(sock)
+        .port(port)
+        .username("postgres")
+        .database("postgres");
+    let start = Instant::now();
+    loop {
+        if let Ok(c) = sqlx::ConnectOptions::connect(&opts).await {
+            let _ = c.close().await;
+            return Ok(child);
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("bare PostgreSQL did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn stop(mut child: std::process::Child) {
+    // SAFETY: plain syscall on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = child.wait();
+}
+
+fn chown_to_instance_user(path: &Path) -> anyhow::Result<()> {
+    if unsafe { libc::geteuid() } == 0 {
+        let ok = Command::new("chown")
+            .args(["-R", "berth:berth"])
+            .arg(path)
+            .status()?
+            .success();
+        if !ok {
+            bail!("chown {} failed", path.display());
+        }
+    }
+    Ok(())
+}
+
+pub async fn provision(args: BenchArgs) -> anyhow::Result<()> {
+    let installs = Installations::discover(&args.engines_dir);
+    let pg = installs
+        .newest(EngineKind::Postgres)
+        .context("no PostgreSQL installed; run scripts/setup.sh")?
+        .clone();
+    let redis = installs
+        .newest(EngineKind::Redis)
+        .context("no Redis/Valkey installed; run scripts/setup.sh")?
+        .clone();
+    let tmp = tempfile::Builder::new()
+        .prefix("berth-bench-")
+        .tempdir_in("/tmp")?;
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )?;
+    let dir = tmp.path().join("data");
+    std::fs::create_dir_all(&dir)?;
+    let server = start_server(&dir, &args.engines_dir).await?;
+    let c = &server.client;
+    println!(
+        "berth bench provision: {} runs each, {} and {} {}, data dir on {}",
+        args.runs,
+        pg.product,
+        redis.product,
+        redis.full_version,
+        dir.display()
+    );
+    println!("{:<48} {:>11} {:>11}", "", "median", "p95");
+
+    // Warm up: the first create waits for the template build; it is not what users pay per create.
+    let (_, warm) = provision_once(c, &json!({"teamId": 1, "name": "warmup", "provider": {"name": "postgres"}, "config": {"version": pg.major}})).await?;
+    delete_all(c, &[warm]).await?;
+
+    // Berth and the baselines take turns, on the same disk; every measurement starts after
+    // sync(2), so none pays for the writeback of the step before it (see docs/benchmarks.md).
+    let template = server
+        .dir
+        .join("templates")
+        .join(format!("postgres-{}", pg.major));
+    let base = tmp.path().join("baseline");
+    std::fs::create_dir_all(&base)?;
+    chown_to_instance_user(&base)?;
+    let port = free_port()?;
+    let quiet = || unsafe { libc::sync() };
+    let (mut pg_ms, mut redis_ms, mut copy_ms, mut initdb_ms, mut bare_redis_ms) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let mut ids = Vec::new();
+    for i in 0..args.runs {
+        quiet();
+        let (ms, id) = provision_once(c, &json!({"teamId": 1, "name": format!("pg-{i}"), "provider": {"name": "postgres"}, "config": {"version": pg.major}})).await?;
+        pg_ms.push(ms);
+        ids.push(id);
+
+        quiet();
+        let data = base.join(format!("copy-{i}"));
+        let t0 = Instant::now();
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(&template)
+            .arg(&data)
+            .status()?
+            .success();
+        if !ok {
+            bail!("cp -a failed");
+        }
+        let child = start_bare_postgres(&pg.server, &data, &base, port).await?;
+        copy_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        stop(child);
+        std::fs::remove_dir_all(&data)?;
+
+        quiet();
+        let data = base.join(format!("initdb-{i}"));
+        let t0 = Instant::now();
+        let ok = as_instance_user(&pg.bin_dir().join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "--no-sync",
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-locale",
+                "-E",
+                "UTF8",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?
+            .success();
+        if !ok {
+            bail!("initdb failed");
+        }
+        let child = start_bare_postgres(&pg.server, &data, &base, port).await?;
+        initdb_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        stop(child);
+        std::fs::remove_dir_all(&data)?;
+
+        quiet();
+        let (ms, id) = provision_once(c, &json!({"teamId": 1, "name": format!("redis-{i}"), "provider": {"name": "redis"}, "config": {"version": redis.major}})).await?;
+        redis_ms.push(ms);
+        ids.push(id);
+
+        quiet();
+        let t0 = Instant::now();
+        let child = as_instance_user(&redis.server)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()?;
+        loop {
+            if redis_ping(port, None).await.is_ok() {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("bare Redis did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        bare_redis_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        stop(child);
+    }
+
+    row(
+        &format!("postgres {}: POST -> first query", pg.major),
+        &mut pg_ms,
+        Some(250.0),
+    );
+    row(
+        "  baseline: template copy + start (no Berth)",
+        &mut copy_ms,
+        None,
+    );
+    row(
+        "  baseline: initdb + start (no Berth)",
+        &mut initdb_ms,
+        None,
+    );
+    row(
+        &format!("redis {}: POST -> first PING", redis.major),
+        &mut redis_ms,
+        Some(50.0),
+    );
+    row(
+        "  baseline: bare server start (no Berth)",
+        &mut bare_redis_ms,
+        None,
+    );
+
+    // Memory: the server with `services_for_memory` services (those of the runs above included).
+    let mut i = 0;
+    while ids.len() < args.services_for_memory {
+        let provider = if i % 2 == 0 { "redis" } else { "postgres" };
+        let (_, id) = provision_once(
+            c,
+            &json!({"teamId": 2, "name": format!("mem-{i}"), "provider": {"name": provider}}),
+        )
+        .await?;
+        ids.push(id);
+        i += 1;
+    }
+    // A few list requests, as a dashboard would make, before reading the figure.
+    for _ in 0..20 {
+        c.get("/api/managed-services").await.map_err(http_err)?;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))?;
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let rss_mb = rss_kb / 1024.0;
+    println!(
+        "{:<48} {:>8.1} MB{}",
+        format!("berth server resident memory, {} services", ids.len()),
+        rss_mb,
+        if rss_mb <= 60.0 {
+            "  target <= 60 MB: met"
+        } else {
+            "  target <= 60 MB: MISSED"
+        }
+    );
+    if !args.keep {
+        delete_all(c, &ids).await?;
+    }
+    Ok(())
+}
