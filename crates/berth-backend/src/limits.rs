@@ -182,3 +182,53 @@ impl Cgroups {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_without_controllers_reports_why() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cgroup.controllers"), "").unwrap();
+        let cg = Cgroups::detect_at(dir.path());
+        assert!(
+            matches!(&cg, Cgroups::Unavailable(why) if why.contains("no memory/cpu/pids")),
+            "{cg:?}"
+        );
+        let applied = cg.apply(Uuid::nil(), 256, 5);
+        assert!(applied.enforced.is_empty());
+        assert!(applied.procs.is_empty());
+        assert_eq!(applied.not_enforced.len(), 1);
+    }
+
+    #[test]
+    fn cgroup_v1_limits_are_written_where_the_plan_says() {
+        let dir = tempfile::tempdir().unwrap();
+        for (ctl, file) in [
+            ("memory", "memory.limit_in_bytes"),
+            ("cpu", "cpu.cfs_quota_us"),
+            ("pids", "pids.max"),
+        ] {
+            std::fs::create_dir_all(dir.path().join(ctl)).unwrap();
+            std::fs::write(dir.path().join(ctl).join(file), "").unwrap();
+        }
+        let cg = Cgroups::detect_at(dir.path());
+        let applied = cg.apply(Uuid::nil(), 512, 10);
+        assert_eq!(applied.enforced, ["memory", "cpu", "pids"]);
+        let group = dir
+            .path()
+            .join("memory/berth")
+            .join(Uuid::nil().to_string());
+        assert_eq!(
+            std::fs::read_to_string(group.join("memory.limit_in_bytes")).unwrap(),
+            "536870912"
+        );
+        let cpu = dir.path().join("cpu/berth").join(Uuid::nil().to_string());
+        assert_eq!(
+            std::fs::read_to_string(cpu.join("cpu.cfs_quota_us")).unwrap(),
+            "100000"
+        );
+        assert_eq!(applied.procs.len(), 3);
+    }
+}

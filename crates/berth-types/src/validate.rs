@@ -203,7 +203,7 @@ mod tests {
         let bad = json!({"user": "b", "storage": 5, "free": 1});
         let errs = update_constraints(&schema, old, bad.as_object().unwrap(), "plan.parameters");
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["plan.parameters.storage", "plan.parameters.user"]);
+        assert_eq!(paths, ["plan.parameters.user", "plan.parameters.storage"]);
     }
 
     #[test]

@@ -65,11 +65,11 @@ impl ServerConfig {
                 overrides
                     .port_range_start
                     .or(file.port_range_start)
-                    .unwrap_or(30000),
+                    .unwrap_or(20000),
                 overrides
                     .port_range_end
                     .or(file.port_range_end)
-                    .unwrap_or(40000),
+                    .unwrap_or(30000),
             ),
             ready_deadline: Duration::from_secs(
                 overrides

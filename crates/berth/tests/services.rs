@@ -100,6 +100,59 @@ async fn postgres_from_create_to_delete() {
         String::from_utf8_lossy(&out.stdout)
     );
 
+    // The instance runs as the unprivileged user (when the tests run as root), inside its cgroup
+    // with the plan's memory and CPU where the host has cgroup v1 controllers.
+    let pids = s.instance_pids();
+    let server = pids.iter().copied().find(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.contains("-D"))
+    });
+    let server = server.expect("the postmaster runs");
+    let status = std::fs::read_to_string(format!("/proc/{server}/status")).unwrap();
+    let uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    if unsafe { libc::geteuid() } == 0 {
+        assert_ne!(uid, 0, "instances never run as root");
+    }
+    let limits = &svc["status"]["details"]["limits"];
+    let cg = std::path::Path::new("/sys/fs/cgroup/memory/berth").join(&id);
+    if cg.exists() {
+        let bytes = std::fs::read_to_string(cg.join("memory.limit_in_bytes")).unwrap();
+        assert_eq!(bytes.trim(), (256u64 * 1024 * 1024).to_string());
+        let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap();
+        assert!(
+            procs.lines().any(|l| l == server.to_string()),
+            "postmaster not in its cgroup: {procs}"
+        );
+        assert!(
+            limits["enforced"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("memory")),
+            "{limits}"
+        );
+        let quota =
+            std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/berth/{id}/cpu.cfs_quota_us"))
+                .unwrap();
+        assert_eq!(quota.trim(), "50000", "0.5 CPU of the Dev plan");
+    } else {
+        // Where limits cannot be enforced, the service says so in its status and its events.
+        assert!(
+            limits["notEnforced"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty()),
+            "{limits}"
+        );
+        let (_, ev) = s.get(&format!("/api/managed-services/{id}/events")).await;
+        assert!(ev.to_string().contains("berth.limits.not_enforced"), "{ev}");
+    }
+
     // Logs are visible through the API.
     let (code, logs) = s.get(&format!("/api/managed-services/{id}/logs")).await;
     assert_eq!(code, 200);
@@ -111,8 +164,6 @@ async fn postgres_from_create_to_delete() {
     );
 
     // Delete: gone from the API, the process stopped, the data removed.
-    let pids = s.instance_pids();
-    assert!(!pids.is_empty());
     let (code, v) = s
         .call(
             reqwest::Method::DELETE,
@@ -125,6 +176,7 @@ async fn postgres_from_create_to_delete() {
     s.wait_gone(&id, READY).await;
     assert!(!s.instance_dir(&id).exists());
     assert!(s.instance_pids().is_empty());
+    assert!(!cg.exists(), "the cgroup is removed with the instance");
     assert!(sqlx::PgConnection::connect(url).await.is_err());
 }
 
