@@ -627,7 +627,9 @@ pub fn to_view(
     let status =
         status.unwrap_or_else(|| ServiceStatus::new(ServiceState::Unknown, 0, svc.created_at));
     let synchronized = status.state == ServiceState::Synchronized;
-    let state = if svc.deleted_at.is_some() && status.state != ServiceState::Error {
+    let state = if svc.deleted_at.is_some()
+        && !matches!(status.state, ServiceState::Error | ServiceState::Deleted)
+    {
         ServiceState::Deleting
     } else {
         status.state

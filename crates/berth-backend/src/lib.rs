@@ -2,12 +2,16 @@
 //!
 //! [`ProviderBackend`] is CONTRACTS.md §2 as a Rust trait: list, batched status, create, patch,
 //! delete. The built-in [`local::LocalBackend`] implements it by supervising real server processes
-//! on this host; a REST client of the same contract (for custom providers) implements it too, so
-//! the reconciler never knows which one it drives.
+//! on this host; [`rest::RestBackend`] implements it as a client of the contract, and
+//! [`contract_server`] serves any implementation over HTTP. The reconciler never knows which one
+//! it drives, and `tests/contract.rs` runs one suite against each.
 
+pub mod contract_server;
 pub mod limits;
 pub mod local;
 mod process;
+pub mod rest;
+pub mod wire;
 
 use std::collections::HashMap;
 
@@ -42,6 +46,7 @@ impl std::fmt::Debug for InstanceSpec {
 /// A change (the contract's PATCH body): an absent section means unchanged.
 #[derive(Clone, Default)]
 pub struct InstancePatch {
+    pub team_id: i64,
     pub plan: Option<JsonMap>,
     pub config: Option<JsonMap>,
     pub secrets: Option<JsonMap>,
@@ -101,6 +106,11 @@ pub trait ProviderBackend: Send + Sync + 'static {
     async fn update(&self, id: Uuid, patch: &InstancePatch) -> Result<()>;
     /// Removes the instance and its data; an unknown id counts as done.
     async fn delete(&self, id: Uuid) -> Result<()>;
+    /// Whether every instance this backend lists belongs to this Berth, so one that no service
+    /// owns is an orphan to remove. False for a REST backend, which other platforms may share.
+    fn sweeps_orphans(&self) -> bool {
+        false
+    }
     /// The last `lines` lines of the instance's server log, where the backend keeps one.
     async fn logs(&self, _id: Uuid, _lines: usize) -> Result<Option<String>> {
         Ok(None)

@@ -575,6 +575,10 @@ impl ProviderBackend for LocalBackend {
         Ok(())
     }
 
+    fn sweeps_orphans(&self) -> bool {
+        true
+    }
+
     async fn logs(&self, id: Uuid, lines: usize) -> Result<Option<String>> {
         if self.host.existing_slot(id).is_none() {
             return Ok(None);

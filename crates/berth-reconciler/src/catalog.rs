@@ -42,6 +42,17 @@ impl CatalogEntry {
     }
 }
 
+impl CatalogEntry {
+    /// A provider served by a backend of its own (a REST backend).
+    pub fn remote(def: ProviderDefinition, backend: Arc<dyn ProviderBackend>) -> Self {
+        Self {
+            def,
+            backend,
+            installed_versions: None,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Catalog {
     entries: Vec<Arc<CatalogEntry>>,

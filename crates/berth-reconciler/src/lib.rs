@@ -23,6 +23,15 @@ use tokio::sync::{Notify, Semaphore};
 pub use catalog::{Catalog, CatalogEntry};
 use plan::{Action, Plan};
 
+/// What a pass learned about one service's instance.
+#[derive(Debug, Clone)]
+enum Observation {
+    /// The backend answered; `None` means it does not have the instance.
+    Seen(Option<Box<InstanceStatus>>),
+    /// The backend could not be asked (timeout, connection refused, 5xx, garbage).
+    Unavailable(String),
+}
+
 /// Reconciler settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -43,7 +52,7 @@ impl Default for Config {
             period: Duration::from_secs(2),
             ready_deadline: Duration::from_secs(60),
             parallelism: 8,
-            backend_timeout: Duration::from_secs(90),
+            backend_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -54,7 +63,6 @@ pub struct PassStatus {
     pub services: usize,
     pub started: usize,
     pub busy: usize,
-    pub orphans_removed: usize,
     pub errors: Vec<String>,
 }
 
@@ -75,6 +83,8 @@ pub struct Reconciler {
     cfg: Config,
     wake: Arc<Notify>,
     in_flight: StdMutex<HashSet<ServiceId>>,
+    /// Backends whose share of a pass is still running (one at a time per backend).
+    backends_in_flight: StdMutex<HashSet<String>>,
     /// Per service: consecutive failures and when to try again (the error policy's backoff).
     backoff: StdMutex<HashMap<ServiceId, (u32, tokio::time::Instant)>>,
     limiter: Semaphore,
@@ -94,6 +104,7 @@ impl Reconciler {
             cfg,
             wake,
             in_flight: StdMutex::new(HashSet::new()),
+            backends_in_flight: StdMutex::new(HashSet::new()),
             backoff: StdMutex::new(HashMap::new()),
         })
     }
@@ -117,23 +128,12 @@ impl Reconciler {
         }
     }
 
-    /// One pass over every service: starts a task for each one not already being worked on.
+    /// One pass: reads every service, then, per backend and without waiting for the others,
+    /// asks that backend for its instances (one batched status call) and starts a task for each
+    /// service not already being worked on. A backend that hangs or fails delays only its own
+    /// services; they show `error` with the reason.
     pub async fn pass(self: &Arc<Self>) -> PassStatus {
         let mut status = PassStatus::default();
-        // Backend ids first, then the store: an id the backend has and the store lacks is then
-        // surely an orphan (the store is written before any backend call).
-        let mut backend_ids = Vec::new();
-        for entry in self.catalog.backends() {
-            match tokio::time::timeout(self.cfg.backend_timeout, entry.backend.list()).await {
-                Ok(Ok(ids)) => backend_ids.push((entry.clone(), ids)),
-                Ok(Err(e)) => status
-                    .errors
-                    .push(format!("listing {}: {e}", entry.def.name)),
-                Err(_) => status
-                    .errors
-                    .push(format!("listing {}: timed out", entry.def.name)),
-            }
-        }
         let services = match self.store.service_list(None, true).await {
             Ok(s) => s,
             Err(e) => {
@@ -142,74 +142,165 @@ impl Reconciler {
             }
         };
         status.services = services.len();
+        let mut by_entry: HashMap<(String, String), (Arc<CatalogEntry>, Vec<Service>)> =
+            HashMap::new();
+        for entry in self.catalog.backends() {
+            by_entry.insert(
+                (entry.def.name.clone(), entry.def.version.clone()),
+                (entry.clone(), Vec::new()),
+            );
+        }
         let known: HashSet<ServiceId> = services.iter().map(|s| s.id).collect();
-        for (entry, ids) in backend_ids {
-            for id in ids.into_iter().filter(|id| !known.contains(id)) {
-                tracing::info!(%id, provider = %entry.def.name, "removing an instance no service owns");
-                match entry.backend.delete(id).await {
-                    Ok(()) => status.orphans_removed += 1,
-                    Err(e) => status.errors.push(format!("removing orphan {id}: {e}")),
+        for svc in services {
+            let key = (
+                svc.spec.provider.name.clone(),
+                svc.spec.provider.version.clone(),
+            );
+            match by_entry.get_mut(&key) {
+                Some((_, list)) => list.push(svc),
+                None => {
+                    if self.claim(svc.id) {
+                        status.started += 1;
+                        let this = self.clone();
+                        tokio::spawn(async move {
+                            let id = svc.id;
+                            let result = this.reconcile(svc, None).await;
+                            this.finish(id, result);
+                        });
+                    }
                 }
             }
         }
-        let now = tokio::time::Instant::now();
-        for svc in services {
-            if let Some((_, at)) = self.backoff.lock().unwrap().get(&svc.id) {
-                if *at > now {
-                    continue;
-                }
-            }
-            if !self.in_flight.lock().unwrap().insert(svc.id) {
-                status.busy += 1;
+        let known = Arc::new(known);
+        for ((name, version), (entry, list)) in by_entry {
+            let key = format!("{name} {version}");
+            if !self.backends_in_flight.lock().unwrap().insert(key.clone()) {
+                status.busy += list.len();
                 continue;
             }
-            status.started += 1;
             let this = self.clone();
+            let known = known.clone();
             tokio::spawn(async move {
-                let id = svc.id;
-                let _permit = this.limiter.acquire().await;
-                let result = this.reconcile(svc).await;
-                this.in_flight.lock().unwrap().remove(&id);
-                let mut backoff = this.backoff.lock().unwrap();
-                match result {
-                    Ok(()) => {
-                        backoff.remove(&id);
-                    }
-                    Err(e) => {
-                        let n = backoff.get(&id).map_or(0, |(n, _)| *n) + 1;
-                        let delay = Duration::from_millis(500 * 2u64.pow(n.min(7)));
-                        tracing::warn!(%id, error = %e, retry_in = ?delay, "reconcile failed");
-                        backoff.insert(id, (n, tokio::time::Instant::now() + delay));
-                    }
-                }
+                this.backend_pass(entry, list, &known).await;
+                this.backends_in_flight.lock().unwrap().remove(&key);
             });
         }
         status
     }
 
-    /// Reconciles one service until it needs nothing more right now.
-    async fn reconcile(&self, svc: Service) -> Result<(), ReconcileError> {
-        let Some(entry) = self
-            .catalog
-            .get(&svc.spec.provider.name, &svc.spec.provider.version)
-        else {
-            let current = self.store.status_get(svc.id).await?;
-            let plan = plan::invalid_provider(&svc, current.as_ref(), now());
-            return self.record(&svc, current.as_ref(), &plan).await;
+    /// Marks `id` as being worked on; false when it already is, or is backing off.
+    fn claim(&self, id: ServiceId) -> bool {
+        if let Some((_, at)) = self.backoff.lock().unwrap().get(&id) {
+            if *at > tokio::time::Instant::now() {
+                return false;
+            }
+        }
+        self.in_flight.lock().unwrap().insert(id)
+    }
+
+    fn finish(&self, id: ServiceId, result: Result<(), ReconcileError>) {
+        self.in_flight.lock().unwrap().remove(&id);
+        let mut backoff = self.backoff.lock().unwrap();
+        match result {
+            Ok(()) => {
+                backoff.remove(&id);
+            }
+            Err(e) => {
+                let n = backoff.get(&id).map_or(0, |(n, _)| *n) + 1;
+                let delay = Duration::from_millis(500 * 2u64.pow(n.min(7)));
+                tracing::warn!(%id, error = %e, retry_in = ?delay, "reconcile failed");
+                backoff.insert(id, (n, tokio::time::Instant::now() + delay));
+            }
+        }
+    }
+
+    /// One backend's share of a pass: orphans, one batched status call, one task per service.
+    async fn backend_pass(
+        self: &Arc<Self>,
+        entry: Arc<CatalogEntry>,
+        services: Vec<Service>,
+        known: &HashSet<ServiceId>,
+    ) {
+        if entry.backend.sweeps_orphans() {
+            match self.call(entry.backend.list()).await {
+                Ok(ids) => {
+                    for id in ids.into_iter().filter(|id| !known.contains(id)) {
+                        tracing::info!(%id, provider = %entry.def.name, "removing an instance no service owns");
+                        if let Err(e) = self.call(entry.backend.delete(id)).await {
+                            tracing::warn!(%id, error = %e, "removing an orphan");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(provider = %entry.def.name, error = %e, "listing instances")
+                }
+            }
+        }
+        let ids: Vec<ServiceId> = services.iter().map(|s| s.id).collect();
+        let observed = if ids.is_empty() {
+            Ok(HashMap::new())
+        } else {
+            self.call(entry.backend.status(&ids))
+                .await
+                .map_err(|e| e.to_string())
         };
-        // A create is followed by a fresh look, so `synchronized` is recorded in the same task.
-        for _ in 0..3 {
+        for svc in services {
+            if !self.claim(svc.id) {
+                continue;
+            }
+            let obs = match &observed {
+                Ok(map) => Observation::Seen(map.get(&svc.id).cloned().map(Box::new)),
+                Err(e) => Observation::Unavailable(e.clone()),
+            };
+            let this = self.clone();
+            let entry = entry.clone();
+            tokio::spawn(async move {
+                let id = svc.id;
+                let _permit = this.limiter.acquire().await;
+                let result = this.reconcile_with(&entry, svc, obs).await;
+                this.finish(id, result);
+            });
+        }
+    }
+
+    /// Reconciles a service whose provider is not in the catalog (it only records that).
+    async fn reconcile(
+        &self,
+        svc: Service,
+        _obs: Option<Observation>,
+    ) -> Result<(), ReconcileError> {
+        let current = self.store.status_get(svc.id).await?;
+        let plan = plan::invalid_provider(&svc, current.as_ref(), now());
+        if matches!(plan.action, Action::Purge) {
+            self.store.service_purge(svc.id).await?;
+            return Ok(());
+        }
+        self.record(&svc, current.as_ref(), &plan).await
+    }
+
+    /// Reconciles one service until it needs nothing more right now: plan from the pass's
+    /// observation, execute, and after an action look again (so `synchronized` is recorded by the
+    /// same task that created the instance).
+    async fn reconcile_with(
+        &self,
+        entry: &CatalogEntry,
+        svc: Service,
+        first: Observation,
+    ) -> Result<(), ReconcileError> {
+        let mut obs = first;
+        for _ in 0..4 {
             let current = self.store.status_get(svc.id).await?;
-            let observed = self.observe(&entry, svc.id).await?;
-            let plan = plan::plan(
-                &svc,
-                current.as_ref(),
-                observed.as_ref(),
-                self.cfg.ready_deadline,
-                now(),
-            );
-            let outcome = self.execute(&entry, &svc, &plan).await;
-            match outcome {
+            let plan = match &obs {
+                Observation::Seen(o) => plan::plan(
+                    &svc,
+                    current.as_ref(),
+                    o.as_deref(),
+                    self.cfg.ready_deadline,
+                    now(),
+                ),
+                Observation::Unavailable(e) => plan::unreachable(&svc, current.as_ref(), e, now()),
+            };
+            match self.execute(entry, &svc, &plan).await {
                 Ok(()) => {
                     self.record(&svc, current.as_ref(), &plan).await?;
                     if matches!(plan.action, Action::None | Action::Purge) {
@@ -222,6 +313,10 @@ impl Reconciler {
                     return Err(e);
                 }
             }
+            obs = match self.observe(entry, svc.id).await {
+                Ok(o) => Observation::Seen(o.map(Box::new)),
+                Err(e) => Observation::Unavailable(e.to_string()),
+            };
         }
         Ok(())
     }
@@ -268,6 +363,7 @@ impl Reconciler {
             Action::Update => {
                 let secrets = self.store.secrets_get(svc.id).await?;
                 let patch = InstancePatch {
+                    team_id: svc.spec.team_id,
                     plan: Some(svc.spec.plan.parameters.clone()),
                     config: Some(svc.spec.config.clone()),
                     secrets: Some(secrets.service),

@@ -131,6 +131,28 @@ pub fn invalid_provider(
     p
 }
 
+/// The status of a service whose backend could not be asked this time.
+pub fn unreachable(
+    svc: &Service,
+    current: Option<&ServiceStatus>,
+    error: &str,
+    now: OffsetDateTime,
+) -> Plan {
+    let mut p = Plan::new(Action::None, base(current, now));
+    if svc.deleted_at.is_some() {
+        // Try anyway: the delete fails the same way and backs off, or the backend is back.
+        p.action = Action::Delete;
+        p.transition(ServiceState::Deleted, None, now);
+        return p;
+    }
+    p.transition(
+        ServiceState::Error,
+        Some(format!("backend unreachable: {error}")),
+        now,
+    );
+    p
+}
+
 /// Decides the next step for one service.
 pub fn plan(
     svc: &Service,
@@ -144,12 +166,15 @@ pub fn plan(
     let generation = svc.generation;
 
     if svc.deleted_at.is_some() {
-        match observed {
-            Some(_) => {
+        // The backend is always told, even when it shows no instance: a create whose outcome was
+        // in doubt may still land there, and a delete of an unknown id is a no-op.
+        match (state, observed) {
+            (ServiceState::Deleted, None) => p.action = Action::Purge,
+            (ServiceState::Deleted, Some(_)) => {} // the backend is still removing it
+            _ => {
                 p.action = Action::Delete;
-                p.transition(ServiceState::Deleting, None, now);
+                p.transition(ServiceState::Deleted, None, now);
             }
-            None => p.action = Action::Purge,
         }
         return p;
     }
@@ -446,18 +471,52 @@ mod tests {
     fn deletes_remove_the_instance_then_the_records() {
         let mut s = svc(2);
         s.deleted_at = Some(at(0));
+        let synced = status(ServiceState::Synchronized, 1);
+        let p = plan(&s, Some(&synced), Some(&inst(true, true)), DEADLINE, at(1));
+        assert_eq!(
+            (p.action.clone(), p.status.state),
+            (Action::Delete, ServiceState::Deleted)
+        );
+        // Still listed by the backend (an asynchronous delete): wait.
+        let waiting = plan(
+            &s,
+            Some(&p.status),
+            Some(&inst(false, false)),
+            DEADLINE,
+            at(2),
+        );
+        assert_eq!(waiting.action, Action::None);
+        let p = plan(&s, Some(&p.status), None, DEADLINE, at(2));
+        assert_eq!(p.action, Action::Purge);
+    }
+
+    #[test]
+    fn a_delete_reaches_the_backend_even_when_it_shows_nothing() {
+        // A create timed out (outcome unknown), then the user deleted the service.
+        let mut s = svc(2);
+        s.deleted_at = Some(at(0));
         let p = plan(
             &s,
-            Some(&status(ServiceState::Synchronized, 1)),
-            Some(&inst(true, true)),
+            Some(&status(ServiceState::Creating, 1)),
+            None,
             DEADLINE,
             at(1),
         );
+        assert_eq!(p.action, Action::Delete);
+    }
+
+    #[test]
+    fn an_unreachable_backend_shows_error_with_the_reason() {
+        let synced = status(ServiceState::Synchronized, 1);
+        let p = unreachable(&svc(1), Some(&synced), "GET /: timed out", at(1));
+        assert_eq!(p.status.state, ServiceState::Error);
         assert_eq!(
-            (p.action.clone(), p.status.state),
-            (Action::Delete, ServiceState::Deleting)
+            p.status.reason.as_deref(),
+            Some("backend unreachable: GET /: timed out")
         );
-        let p = plan(&s, Some(&p.status), None, DEADLINE, at(2));
-        assert_eq!(p.action, Action::Purge);
+        assert_eq!(p.events.len(), 1);
+        // The same failure again records no new event.
+        let again = unreachable(&svc(1), Some(&p.status), "GET /: timed out", at(2));
+        assert!(again.events.is_empty());
     }
 }

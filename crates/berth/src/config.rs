@@ -19,6 +19,8 @@ pub struct ServerConfig {
     pub reconcile_period: Duration,
     /// The OS user instances run as when Berth runs as root.
     pub instance_user: String,
+    /// A directory of `provider.yml` files (custom providers), loaded at start.
+    pub providers_dir: Option<PathBuf>,
 }
 
 /// The optional settings of a TOML file (same names as the flags, with underscores).
@@ -34,6 +36,7 @@ pub struct FileConfig {
     pub ready_deadline_secs: Option<u64>,
     pub reconcile_period_ms: Option<u64>,
     pub instance_user: Option<String>,
+    pub providers_dir: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -87,6 +90,7 @@ impl ServerConfig {
                 .instance_user
                 .or(file.instance_user)
                 .unwrap_or_else(|| "berth".into()),
+            providers_dir: overrides.providers_dir.or(file.providers_dir),
         }
     }
 }

@@ -55,10 +55,36 @@ enum Cmd {
     },
     /// Print the environment variables an application uses to reach a service.
     Env(EnvArgs),
+    /// Serve the built-in providers over the Provider REST API (CONTRACTS.md §2).
+    Backend {
+        #[command(subcommand)]
+        cmd: BackendCmd,
+    },
     /// Measure Berth against baselines taken in the same run (see docs/benchmarks.md).
     Bench {
         #[command(subcommand)]
         cmd: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackendCmd {
+    /// `berth backend serve --providers postgres,redis --listen 127.0.0.1:7070 --api-key-file F`
+    Serve {
+        /// Which built-in providers to serve (default: all).
+        #[arg(long, value_delimiter = ',')]
+        providers: Vec<String>,
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: std::net::SocketAddr,
+        /// A file (mode 0600) holding the key clients must send as X-API-Key or Bearer.
+        #[arg(long, env = "BERTH_BACKEND_API_KEY_FILE")]
+        api_key_file: Option<PathBuf>,
+        #[arg(long, env = "BERTH_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long, env = "BERTH_ENGINES_DIR")]
+        engines_dir: Option<PathBuf>,
+        #[arg(long, env = "BERTH_INSTANCE_USER")]
+        instance_user: Option<String>,
     },
 }
 
@@ -101,6 +127,9 @@ struct ServerArgs {
     /// The OS user instances run as when Berth runs as root.
     #[arg(long, env = "BERTH_INSTANCE_USER")]
     instance_user: Option<String>,
+    /// A directory of provider.yml files for custom (REST) providers.
+    #[arg(long, env = "BERTH_PROVIDERS_DIR")]
+    providers_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -224,13 +253,8 @@ fn main() {
         .expect("building the tokio runtime");
     let code = rt.block_on(async move {
         match cli.cmd {
-            Cmd::Server(args) => match server(args).await {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    1
-                }
-            },
+            Cmd::Server(args) => exit_code(server(args).await),
+            Cmd::Backend { cmd } => exit_code(backend(cmd).await),
             Cmd::Bench {
                 cmd:
                     BenchCmd::Provision {
@@ -246,13 +270,7 @@ fn main() {
                     engines_dir,
                     keep,
                 };
-                match berth::bench::provision(args).await {
-                    Ok(()) => 0,
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        1
-                    }
-                }
+                exit_code(berth::bench::provision(args).await)
             }
             cmd => {
                 let token = cli.token.or_else(default_token);
@@ -270,6 +288,46 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Exit code of the long-running commands: 0, or 1 with the whole error chain printed.
+fn exit_code(result: anyhow::Result<()>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+async fn backend(cmd: BackendCmd) -> anyhow::Result<()> {
+    let BackendCmd::Serve {
+        providers,
+        listen,
+        api_key_file,
+        data_dir,
+        engines_dir,
+        instance_user,
+    } = cmd;
+    init_tracing();
+    let key = api_key_file
+        .as_deref()
+        .map(berth::server::read_key_file)
+        .transpose()?;
+    let overrides = FileConfig {
+        data_dir,
+        listen: Some(listen),
+        engines_dir,
+        instance_user,
+        ..Default::default()
+    };
+    berth::server::serve_backend(
+        ServerConfig::resolve(overrides, FileConfig::default()),
+        &providers,
+        key,
+    )
+    .await
+}
+
 fn default_token() -> Option<String> {
     let dir = std::env::var_os("BERTH_DATA_DIR")
         .map(PathBuf::from)
@@ -279,7 +337,7 @@ fn default_token() -> Option<String> {
         .map(|t| t.trim().to_owned())
 }
 
-async fn server(args: ServerArgs) -> anyhow::Result<()> {
+fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -287,6 +345,10 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    init_tracing();
     let file = match &args.config {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
@@ -298,6 +360,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         master_key_file: args.master_key_file,
         ready_deadline_secs: args.ready_deadline_secs,
         instance_user: args.instance_user,
+        providers_dir: args.providers_dir,
         ..Default::default()
     };
     berth::server::run(ServerConfig::resolve(overrides, file)).await
@@ -319,7 +382,7 @@ fn one_table(v: &Value) -> String {
 
 async fn client_cmd(c: &Client, cmd: Cmd, output: Output) -> CliResult<()> {
     match cmd {
-        Cmd::Server(_) | Cmd::Bench { .. } => unreachable!("handled in main"),
+        Cmd::Server(_) | Cmd::Bench { .. } | Cmd::Backend { .. } => unreachable!("handled in main"),
         Cmd::Providers {
             cmd: ProvidersCmd::List { team },
         } => {

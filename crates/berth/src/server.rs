@@ -99,8 +99,139 @@ fn admin_token(path: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// Builds everything and starts serving on `cfg.listen` (port 0 picks a free one).
-pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
+/// Reads every `*.yml` / `*.yaml` file and every `*/provider.yml` in `dir`, each checked.
+pub fn load_providers_dir(dir: &Path) -> anyhow::Result<Vec<ProviderDefinition>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)
+        .with_context(|| format!("reading the providers dir {}", dir.display()))?
+    {
+        let path = entry?.path();
+        if path.is_dir() {
+            if path.join("provider.yml").is_file() {
+                files.push(path.join("provider.yml"));
+            }
+        } else if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    let mut defs = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)?;
+        let def = ProviderDefinition::from_yaml(&text)
+            .with_context(|| format!("parsing {}", file.display()))?;
+        def.validate()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        if def.rest_endpoint().is_none() {
+            bail!(
+                "{}: only REST providers (backend.api.endpoint) can be loaded from a directory",
+                file.display()
+            );
+        }
+        defs.push(def);
+    }
+    Ok(defs)
+}
+
+/// A catalog entry driving the provider's REST backend; warns (once, in the background) when the
+/// backend cannot be reached, without holding the start up.
+fn rest_entry(def: ProviderDefinition) -> CatalogEntry {
+    let (endpoint, secret) = def.rest_endpoint().expect("checked by load_providers_dir");
+    let backend = Arc::new(berth_backend::rest::RestBackend::new(
+        endpoint,
+        secret.map(str::to_owned),
+        Default::default(),
+    ));
+    let probe = backend.clone();
+    let name = def.name.clone();
+    tokio::spawn(async move {
+        use berth_backend::ProviderBackend;
+        match probe.list().await {
+            Ok(ids) => {
+                tracing::info!(provider = %name, endpoint = %probe.endpoint(), instances = ids.len(), "REST backend reachable")
+            }
+            Err(e) => {
+                tracing::warn!(provider = %name, error = %e, "REST backend not reachable; its services will show error until it is")
+            }
+        }
+    });
+    CatalogEntry::remote(def, backend)
+}
+
+/// A built-in provider served by the local backend.
+pub struct BuiltinProvider {
+    pub def: ProviderDefinition,
+    pub backend: Arc<dyn berth_backend::ProviderBackend>,
+    /// Installed majors, newest first.
+    pub installed: Vec<String>,
+}
+
+pub struct Builtins {
+    pub host: Arc<LocalHost>,
+    pub providers: Vec<BuiltinProvider>,
+}
+
+/// The local host and a backend for each built-in provider; starts building the PostgreSQL
+/// templates in the background, so the first create does not pay for `initdb`.
+pub fn builtin_backends(
+    data_dir: &Path,
+    cfg: &ServerConfig,
+    run_as: Option<RunAs>,
+    changed: Arc<Notify>,
+) -> anyhow::Result<Builtins> {
+    let host = LocalHost::open(
+        HostConfig {
+            data_dir: data_dir.to_path_buf(),
+            engines_dir: cfg.engines_dir.clone(),
+            ports: cfg.port_range.0..cfg.port_range.1,
+            start_timeout: Duration::from_secs(30),
+            run_as,
+        },
+        changed,
+    )
+    .context("opening the local host")?;
+    let postgres: Arc<dyn Engine> = Arc::new(berth_engines::postgres::Postgres::new(
+        data_dir.join("templates"),
+    ));
+    let redis: Arc<dyn Engine> = Arc::new(berth_engines::redis::Redis);
+    let mut providers = Vec::new();
+    for (name, yaml) in BUILTIN_PROVIDERS {
+        let def = ProviderDefinition::from_yaml(yaml)
+            .with_context(|| format!("built-in provider {name}"))?;
+        let engine = match EngineKind::parse(def.local_engine().unwrap_or_default()) {
+            Some(EngineKind::Postgres) => postgres.clone(),
+            Some(EngineKind::Redis) => redis.clone(),
+            None => bail!("built-in provider {name} names no known engine"),
+        };
+        let installed = host.installations().majors(engine.kind());
+        if installed.is_empty() {
+            tracing::warn!(provider = %name, "no version installed; run scripts/setup.sh");
+        }
+        let backend = Arc::new(LocalBackend::new(host.clone(), engine));
+        providers.push(BuiltinProvider {
+            def,
+            backend,
+            installed,
+        });
+    }
+    for install in host
+        .installations()
+        .of(EngineKind::Postgres)
+        .cloned()
+        .collect::<Vec<_>>()
+    {
+        let pg = postgres.clone();
+        tokio::spawn(async move {
+            if let Err(e) = pg.prepare(&install, run_as).await {
+                tracing::warn!(version = %install.major, error = %e, "building the PostgreSQL template");
+            }
+        });
+    }
+    Ok(Builtins { host, providers })
+}
+
+/// Prepares the data dir: created, traversable by the instances' user when running as root.
+fn prepare_data_dir(cfg: &ServerConfig) -> anyhow::Result<(PathBuf, Option<RunAs>)> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating the data dir {}", cfg.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&cfg.data_dir)?;
@@ -114,6 +245,70 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
             std::fs::set_permissions(data_dir.join(d), std::fs::Permissions::from_mode(0o711))?;
         }
     }
+    Ok((data_dir, run_as))
+}
+
+/// `berth backend serve`: the built-in providers over the Provider REST API (CONTRACTS.md §2),
+/// one base path each (`/postgres/`, `/redis/`), so the engines can run on another host.
+pub async fn serve_backend(
+    cfg: ServerConfig,
+    providers: &[String],
+    api_key: Option<String>,
+) -> anyhow::Result<()> {
+    let (data_dir, run_as) = prepare_data_dir(&cfg)?;
+    let builtins = builtin_backends(&data_dir, &cfg, run_as, Arc::new(Notify::new()))?;
+    let mut served = std::collections::HashMap::new();
+    for p in builtins.providers {
+        if providers.is_empty() || providers.contains(&p.def.name) {
+            served.insert(p.def.name.clone(), p.backend);
+        }
+    }
+    for wanted in providers {
+        if !served.contains_key(wanted) {
+            bail!("no built-in provider '{wanted}' (built-ins: postgres, redis)");
+        }
+    }
+    if api_key.is_none() {
+        tracing::warn!("serving without an API key: anyone who reaches this address can create and delete instances");
+    }
+    let names: Vec<String> = served.keys().cloned().collect();
+    let router = berth_backend::contract_server::router(served, api_key.as_deref());
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    eprintln!(
+        "berth backend serving {} on http://{}/<provider>/",
+        names.join(", "),
+        listener.local_addr()?
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+/// Reads an API key file; like the master key, a file other users can read is refused.
+pub fn read_key_file(path: &Path) -> anyhow::Result<String> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "{} is readable by other users; chmod 600 it",
+            path.display()
+        );
+    }
+    let key = std::fs::read_to_string(path)?.trim().to_owned();
+    if key.len() < 16 {
+        bail!(
+            "the API key in {} is shorter than 16 characters",
+            path.display()
+        );
+    }
+    Ok(key)
+}
+
+/// Builds everything and starts serving on `cfg.listen` (port 0 picks a free one).
+pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
+    let (data_dir, run_as) = prepare_data_dir(&cfg)?;
     let key_path = cfg
         .master_key_file
         .clone()
@@ -136,53 +331,29 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     let token = admin_token(&data_dir.join("admin.token"))?;
 
     let changed = Arc::new(Notify::new());
-    let host = LocalHost::open(
-        HostConfig {
-            data_dir: data_dir.clone(),
-            engines_dir: cfg.engines_dir.clone(),
-            ports: cfg.port_range.0..cfg.port_range.1,
-            start_timeout: Duration::from_secs(30),
-            run_as,
-        },
-        changed.clone(),
-    )
-    .context("opening the local host")?;
-    let postgres: Arc<dyn Engine> = Arc::new(berth_engines::postgres::Postgres::new(
-        data_dir.join("templates"),
-    ));
-    let redis: Arc<dyn Engine> = Arc::new(berth_engines::redis::Redis);
-    let mut entries = Vec::new();
-    for (name, yaml) in BUILTIN_PROVIDERS {
-        let def = ProviderDefinition::from_yaml(yaml)
-            .with_context(|| format!("built-in provider {name}"))?;
-        let engine = match EngineKind::parse(def.local_engine().unwrap_or_default()) {
-            Some(EngineKind::Postgres) => postgres.clone(),
-            Some(EngineKind::Redis) => redis.clone(),
-            None => bail!("built-in provider {name} names no known engine"),
-        };
-        let installed = host.installations().majors(engine.kind());
-        if installed.is_empty() {
-            tracing::warn!(provider = %name, "no version installed; run scripts/setup.sh");
+    let builtins = builtin_backends(&data_dir, &cfg, run_as, changed.clone())?;
+    let mut entries: Vec<CatalogEntry> = builtins
+        .providers
+        .into_iter()
+        .map(|p| CatalogEntry::local(p.def, p.backend, p.installed))
+        .collect();
+    if let Some(dir) = &cfg.providers_dir {
+        for def in load_providers_dir(dir)? {
+            if entries
+                .iter()
+                .any(|e| e.def.name == def.name && e.def.version == def.version)
+            {
+                bail!(
+                    "provider {} {} in {} is defined twice",
+                    def.name,
+                    def.version,
+                    dir.display()
+                );
+            }
+            entries.push(rest_entry(def));
         }
-        let backend = Arc::new(LocalBackend::new(host.clone(), engine));
-        entries.push(CatalogEntry::local(def, backend, installed));
     }
     let catalog = Arc::new(Catalog::new(entries));
-
-    // Build PostgreSQL templates now, so the first create does not pay for initdb.
-    for install in host
-        .installations()
-        .of(EngineKind::Postgres)
-        .cloned()
-        .collect::<Vec<_>>()
-    {
-        let pg = postgres.clone();
-        tokio::spawn(async move {
-            if let Err(e) = pg.prepare(&install, run_as).await {
-                tracing::warn!(version = %install.major, error = %e, "building the PostgreSQL template");
-            }
-        });
-    }
 
     let reconciler = Reconciler::new(
         store.clone(),

@@ -20,7 +20,7 @@ pub struct TestServer {
 }
 
 /// A port window of its own for every server a test run starts (tests run in parallel).
-fn port_window() -> (u16, u16) {
+pub fn port_window() -> (u16, u16) {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let slot = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -54,11 +54,16 @@ fn config(dir: &Path, ports: (u16, u16), listen: &str) -> ServerConfig {
 impl TestServer {
     /// The server in this process.
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// The server in this process, with `adjust` applied to its configuration.
+    pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ports = port_window();
-        let running = berth::server::start(config(dir.path(), ports, "127.0.0.1:0"))
-            .await
-            .unwrap();
+        let mut cfg = config(dir.path(), ports, "127.0.0.1:0");
+        adjust(&mut cfg);
+        let running = berth::server::start(cfg).await.unwrap();
         Self {
             base: format!("http://{}", running.addr),
             token: running.token,

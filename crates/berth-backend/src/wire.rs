@@ -1,0 +1,153 @@
+//! The Provider REST API's bodies (CONTRACTS.md §2), shared by the client ([`crate::rest`]) and
+//! the server ([`crate::contract_server`]) so the two cannot drift apart.
+
+use berth_types::JsonMap;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{InstancePatch, InstanceSpec, InstanceStatus};
+
+/// `{"parameters": {...}}`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlanBody {
+    #[serde(default)]
+    pub parameters: JsonMap,
+}
+
+/// `POST /`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateBody {
+    pub id: Uuid,
+    pub team_id: i64,
+    #[serde(default)]
+    pub custom_subdomain: Option<String>,
+    #[serde(default)]
+    pub plan: PlanBody,
+    #[serde(default)]
+    pub config: JsonMap,
+    #[serde(default)]
+    pub secrets: JsonMap,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recover_from: Option<serde_json::Value>,
+    /// Berth's extension for its built-in backends: create the instance paused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pause: bool,
+}
+
+/// `PATCH /{id}`: an absent section means unchanged.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PatchBody {
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    #[serde(default)]
+    pub team_id: Option<i64>,
+    #[serde(default)]
+    pub custom_subdomain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanBody>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<JsonMap>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<JsonMap>,
+    /// Berth's extension for pause and resume (CONTRACTS.md §2 leaves pause to each platform):
+    /// `true` stops the instance and keeps its data, `false` starts it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<bool>,
+}
+
+/// One value of the `GET /?id=` map.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusBody {
+    #[serde(default)]
+    pub plan: PlanBody,
+    #[serde(default)]
+    pub config: JsonMap,
+    #[serde(default)]
+    pub details: JsonMap,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `{"error": "..."}`, every error answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+impl From<&InstanceSpec> for CreateBody {
+    fn from(s: &InstanceSpec) -> Self {
+        Self {
+            id: s.id,
+            team_id: s.team_id,
+            custom_subdomain: None,
+            plan: PlanBody {
+                parameters: s.plan.clone(),
+            },
+            config: s.config.clone(),
+            secrets: s.secrets.clone(),
+            recover_from: None,
+            pause: s.pause,
+        }
+    }
+}
+
+impl From<CreateBody> for InstanceSpec {
+    fn from(b: CreateBody) -> Self {
+        Self {
+            id: b.id,
+            team_id: b.team_id,
+            plan: b.plan.parameters,
+            config: b.config,
+            secrets: b.secrets,
+            pause: b.pause,
+        }
+    }
+}
+
+impl PatchBody {
+    pub fn new(id: Uuid, team_id: i64, p: &InstancePatch) -> Self {
+        Self {
+            id: Some(id),
+            team_id: Some(team_id),
+            custom_subdomain: None,
+            plan: p.plan.clone().map(|parameters| PlanBody { parameters }),
+            config: p.config.clone(),
+            secrets: p.secrets.clone(),
+            pause: p.pause,
+        }
+    }
+
+    pub fn into_patch(self) -> InstancePatch {
+        InstancePatch {
+            team_id: self.team_id.unwrap_or_default(),
+            plan: self.plan.map(|p| p.parameters),
+            config: self.config,
+            secrets: self.secrets,
+            pause: self.pause,
+        }
+    }
+}
+
+impl From<StatusBody> for InstanceStatus {
+    fn from(b: StatusBody) -> Self {
+        Self {
+            plan: b.plan.parameters,
+            config: b.config,
+            details: b.details,
+            error: b.error,
+        }
+    }
+}
+
+impl From<InstanceStatus> for StatusBody {
+    fn from(s: InstanceStatus) -> Self {
+        Self {
+            plan: PlanBody { parameters: s.plan },
+            config: s.config,
+            details: s.details,
+            error: s.error,
+        }
+    }
+}
