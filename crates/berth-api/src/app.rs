@@ -55,6 +55,7 @@ impl App {
             let known: Vec<String> = self
                 .catalog
                 .all()
+                .iter()
                 .map(|e| format!("{} {}", e.def.name, e.def.version))
                 .collect();
             let path = if self.catalog.newest(name).is_some() {
@@ -81,6 +82,12 @@ impl App {
     ) -> Result<CreatedServiceView, ApiError> {
         let entry = self.entry_for(&req.provider.name, req.provider.version.as_deref())?;
         let def = &entry.def;
+        if !visible_to(def, Some(req.team_id)) {
+            return Err(ApiError::invalid(
+                "provider.name",
+                format!("unknown provider '{}' for team {}", def.name, req.team_id),
+            ));
+        }
         let mut errors = Vec::new();
         if let Err(e) = validate::service_name(&req.name) {
             errors.push(e);
@@ -412,6 +419,7 @@ impl App {
     pub fn providers(&self, team: Option<i64>) -> Vec<ProviderDefinition> {
         self.catalog
             .all()
+            .iter()
             .filter(|e| visible_to(&e.def, team))
             .map(|e| {
                 let mut def = e.def.clone();
@@ -424,6 +432,96 @@ impl App {
             .collect()
     }
 
+    /// Registers a provider (CONTRACTS.md §3). With `replace` (PUT), an existing registered one
+    /// is replaced; built-ins never are. Answers whether it was new, and warnings (an unreachable
+    /// backend is accepted, with a warning, so a provider can be registered before it runs).
+    pub async fn provider_register(
+        &self,
+        def: ProviderDefinition,
+        replace: bool,
+    ) -> Result<(bool, Vec<String>), ApiError> {
+        def.validate()?;
+        let existing = self.catalog.get(&def.name, &def.version);
+        if existing.as_ref().is_some_and(|e| e.is_builtin()) {
+            return Err(ApiError::Conflict(format!(
+                "{} {} is a built-in provider",
+                def.name, def.version
+            )));
+        }
+        if existing.is_some() && !replace {
+            return Err(ApiError::Conflict(format!(
+                "provider {} {} is already registered",
+                def.name, def.version
+            )));
+        }
+        let entry = CatalogEntry::rest(def.clone()).ok_or_else(|| {
+            ApiError::invalid(
+                "backend",
+                "only providers with a REST backend (backend.api.endpoint) can be registered",
+            )
+        })?;
+        let mut warnings = Vec::new();
+        if let Err(e) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), entry.backend.list())
+                .await
+                .map_err(|_| "timed out after 5s".to_owned())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            warnings.push(format!(
+                "the backend is not reachable now ({e}); its services will show error until it is"
+            ));
+        }
+        self.store.provider_put(&def, replace).await?;
+        self.catalog.put(entry);
+        self.reconciler.wake();
+        Ok((existing.is_none(), warnings))
+    }
+
+    /// Applies a JSON merge patch (RFC 7386) to a registered provider.
+    pub async fn provider_patch(
+        &self,
+        name: &str,
+        version: &str,
+        patch: Value,
+    ) -> Result<(ProviderDefinition, Vec<String>), ApiError> {
+        let entry = self
+            .catalog
+            .get(name, version)
+            .ok_or_else(|| ApiError::NotFound(format!("no provider {name} {version}")))?;
+        if entry.is_builtin() {
+            return Err(ApiError::Conflict(format!(
+                "{name} {version} is a built-in provider"
+            )));
+        }
+        let mut doc = serde_json::to_value(&entry.def).expect("definitions serialize");
+        merge_patch(&mut doc, &patch);
+        let def: ProviderDefinition =
+            serde_json::from_value(doc).map_err(|e| ApiError::invalid("body", e.to_string()))?;
+        if def.name != name || def.version != version {
+            return Err(ApiError::invalid(
+                "name",
+                "name and version cannot change; register a new version instead",
+            ));
+        }
+        let (_, warnings) = self.provider_register(def.clone(), true).await?;
+        Ok((def, warnings))
+    }
+
+    pub async fn provider_delete(&self, name: &str, version: &str) -> Result<(), ApiError> {
+        let entry = self
+            .catalog
+            .get(name, version)
+            .ok_or_else(|| ApiError::NotFound(format!("no provider {name} {version}")))?;
+        if entry.is_builtin() {
+            return Err(ApiError::Conflict(format!(
+                "{name} {version} is a built-in provider"
+            )));
+        }
+        self.store.provider_delete(name, version).await?;
+        self.catalog.remove(name, version);
+        Ok(())
+    }
+
     // ---- views ----------------------------------------------------------------------------------
 
     async fn view(&self, svc: Service) -> Result<ManagedServiceView, ApiError> {
@@ -434,6 +532,22 @@ impl App {
             status,
             events.into_iter().map(|(_, e)| e).collect(),
         ))
+    }
+}
+
+/// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
     }
 }
 

@@ -41,7 +41,16 @@ pub fn router(state: AppState) -> Router {
             "/api/managed-services",
             get(services_list).post(services_create),
         )
-        .route("/api/managed-services/providers", get(providers_list))
+        .route(
+            "/api/managed-services/providers",
+            get(providers_list)
+                .post(providers_create)
+                .put(providers_upsert),
+        )
+        .route(
+            "/api/managed-services/providers/{name}/{version}",
+            axum::routing::patch(providers_patch).delete(providers_delete),
+        )
         .route(
             "/api/managed-services/{id}",
             get(services_get)
@@ -263,6 +272,89 @@ async fn providers_list(
     Q(q): Q<ProvidersQuery>,
 ) -> Json<Vec<ProviderDefinition>> {
     Json(s.app.providers(q.team_id))
+}
+
+/// A provider as registered, with what Berth noticed (an unreachable backend).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RegisteredProvider {
+    #[serde(flatten)]
+    pub provider: ProviderDefinition,
+    pub warnings: Vec<String>,
+}
+
+fn registered(mut def: ProviderDefinition, warnings: Vec<String>) -> RegisteredProvider {
+    for k in ["api", "rest"] {
+        if let Some(section) = def
+            .backend
+            .get_mut(k)
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            section.remove("secret");
+        }
+    }
+    RegisteredProvider {
+        provider: def,
+        warnings,
+    }
+}
+
+/// Register a provider (CONTRACTS.md §3). 409 when it exists.
+#[utoipa::path(post, path = "/api/managed-services/providers", request_body = ProviderDefinition,
+    responses((status = 201, body = RegisteredProvider), (status = 409, body = berth_types::api::ErrorBody),
+        (status = 422, body = berth_types::api::ErrorBody)),
+    security(("bearer" = [])), tag = "providers")]
+async fn providers_create(
+    State(s): State<AppState>,
+    Body(def): Body<ProviderDefinition>,
+) -> Result<Response, ApiError> {
+    let (_, warnings) = s.app.provider_register(def.clone(), false).await?;
+    Ok((StatusCode::CREATED, Json(registered(def, warnings))).into_response())
+}
+
+/// Register or replace a provider.
+#[utoipa::path(put, path = "/api/managed-services/providers", request_body = ProviderDefinition,
+    responses((status = 200, body = RegisteredProvider), (status = 201, body = RegisteredProvider),
+        (status = 409, body = berth_types::api::ErrorBody), (status = 422, body = berth_types::api::ErrorBody)),
+    security(("bearer" = [])), tag = "providers")]
+async fn providers_upsert(
+    State(s): State<AppState>,
+    Body(def): Body<ProviderDefinition>,
+) -> Result<Response, ApiError> {
+    let (new, warnings) = s.app.provider_register(def.clone(), true).await?;
+    let code = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, Json(registered(def, warnings))).into_response())
+}
+
+/// Change a registered provider with a JSON merge patch.
+#[utoipa::path(patch, path = "/api/managed-services/providers/{name}/{version}",
+    params(("name" = String, Path), ("version" = String, Path)), request_body = Object,
+    responses((status = 200, body = RegisteredProvider), (status = 404, body = berth_types::api::ErrorBody),
+        (status = 409, body = berth_types::api::ErrorBody), (status = 422, body = berth_types::api::ErrorBody)),
+    security(("bearer" = [])), tag = "providers")]
+async fn providers_patch(
+    State(s): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+    Body(patch): Body<serde_json::Value>,
+) -> Result<Json<RegisteredProvider>, ApiError> {
+    let (def, warnings) = s.app.provider_patch(&name, &version, patch).await?;
+    Ok(Json(registered(def, warnings)))
+}
+
+/// Remove a registered provider; refused while services use it.
+#[utoipa::path(delete, path = "/api/managed-services/providers/{name}/{version}",
+    params(("name" = String, Path), ("version" = String, Path)),
+    responses((status = 204), (status = 404, body = berth_types::api::ErrorBody), (status = 409, body = berth_types::api::ErrorBody)),
+    security(("bearer" = [])), tag = "providers")]
+async fn providers_delete(
+    State(s): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    s.app.provider_delete(&name, &version).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn openapi_json() -> Response {

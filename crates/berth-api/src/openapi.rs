@@ -10,7 +10,8 @@ use utoipa::{Modify, OpenApi};
     paths(
         crate::services_list, crate::services_create, crate::services_get, crate::services_patch,
         crate::services_delete, crate::services_events, crate::services_logs, crate::services_env,
-        crate::providers_list,
+        crate::providers_list, crate::providers_create, crate::providers_upsert,
+        crate::providers_patch, crate::providers_delete,
     ),
     components(schemas(berth_types::api::ErrorBody, berth_types::api::FieldErrorView)),
     modifiers(&BearerAuth),

@@ -51,25 +51,61 @@ impl CatalogEntry {
             installed_versions: None,
         }
     }
+
+    /// A provider whose definition names a REST backend (`backend.api.endpoint`), with a client
+    /// of its own; `None` when the definition names none.
+    pub fn rest(def: ProviderDefinition) -> Option<Self> {
+        let (endpoint, secret) = def.rest_endpoint()?;
+        let backend = berth_backend::rest::RestBackend::new(
+            endpoint,
+            secret.map(str::to_owned),
+            Default::default(),
+        );
+        Some(Self::remote(def, Arc::new(backend)))
+    }
+
+    /// Built into Berth (run by the local backend): never replaced or removed through the API.
+    pub fn is_builtin(&self) -> bool {
+        self.installed_versions.is_some()
+    }
 }
 
+/// Every provider Berth knows, built-in and registered. Registration changes it while Berth
+/// runs, so readers take a snapshot.
 #[derive(Default)]
 pub struct Catalog {
-    entries: Vec<Arc<CatalogEntry>>,
+    entries: std::sync::RwLock<Vec<Arc<CatalogEntry>>>,
 }
 
 impl Catalog {
     pub fn new(entries: Vec<CatalogEntry>) -> Self {
         Self {
-            entries: entries.into_iter().map(Arc::new).collect(),
+            entries: std::sync::RwLock::new(entries.into_iter().map(Arc::new).collect()),
         }
     }
 
+    fn snapshot(&self) -> Vec<Arc<CatalogEntry>> {
+        self.entries.read().unwrap().clone()
+    }
+
     pub fn get(&self, name: &str, version: &str) -> Option<Arc<CatalogEntry>> {
-        self.entries
-            .iter()
+        self.snapshot()
+            .into_iter()
             .find(|e| e.def.name == name && e.def.version == version)
-            .cloned()
+    }
+
+    /// Adds an entry, or replaces the one with the same name and version.
+    pub fn put(&self, entry: CatalogEntry) {
+        let mut entries = self.entries.write().unwrap();
+        entries.retain(|e| !(e.def.name == entry.def.name && e.def.version == entry.def.version));
+        entries.push(Arc::new(entry));
+    }
+
+    pub fn remove(&self, name: &str, version: &str) {
+        self.entries
+            .write()
+            .unwrap()
+            .retain(|e| !(e.def.name == name && e.def.version == version));
     }
 
     /// The newest schema version of provider `name` (versions compare by their number: v10 > v9).
@@ -82,18 +118,17 @@ impl Catalog {
                 .parse::<u64>()
                 .unwrap_or(0)
         };
-        self.entries
-            .iter()
+        self.snapshot()
+            .into_iter()
             .filter(|e| e.def.name == name)
             .max_by_key(|e| num(&e.def.version))
-            .cloned()
     }
 
-    pub fn all(&self) -> impl Iterator<Item = &Arc<CatalogEntry>> {
-        self.entries.iter()
+    pub fn all(&self) -> Vec<Arc<CatalogEntry>> {
+        self.snapshot()
     }
 
-    pub fn backends(&self) -> impl Iterator<Item = &Arc<CatalogEntry>> {
-        self.entries.iter()
+    pub fn backends(&self) -> Vec<Arc<CatalogEntry>> {
+        self.snapshot()
     }
 }

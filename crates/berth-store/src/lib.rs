@@ -9,7 +9,9 @@ pub mod crypto;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use berth_types::{Event, Secrets, Service, ServiceId, ServiceSpec, ServiceStatus};
+use berth_types::{
+    Event, ProviderDefinition, Secrets, Service, ServiceId, ServiceSpec, ServiceStatus,
+};
 use time::OffsetDateTime;
 
 pub use crypto::{Cipher, MasterKey};
@@ -85,6 +87,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
 
     async fn event_append(&self, id: ServiceId, event: &Event) -> Result<()>;
+
+    /// Registered providers, with their backend secrets unsealed (for the catalog only).
+    async fn provider_list(&self) -> Result<Vec<ProviderDefinition>>;
+    /// Inserts a provider; an existing name and version is a [`StoreError::Conflict`].
+    /// With `replace`, an existing one is replaced instead.
+    async fn provider_put(&self, def: &ProviderDefinition, replace: bool) -> Result<()>;
+    /// Removes a provider; refused with [`StoreError::Conflict`] while a service uses it.
+    async fn provider_delete(&self, name: &str, version: &str) -> Result<bool>;
     /// The newest events first, at most `limit`, older than sequence `before` when given.
     /// Each comes with its sequence number, for paging.
     async fn event_list(

@@ -7,7 +7,10 @@ use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use berth_types::{Event, Secrets, Service, ServiceId, ServiceSpec, ServiceState, ServiceStatus};
+use berth_types::{
+    Event, ProviderDefinition, Secrets, Service, ServiceId, ServiceSpec, ServiceState,
+    ServiceStatus,
+};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use time::format_description::well_known::Rfc3339;
@@ -324,6 +327,90 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn provider_list(&self) -> Result<Vec<ProviderDefinition>> {
+        let rows = sqlx::query(
+            "SELECT name, version, definition, sealed_secret FROM providers ORDER BY name, version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let name: String = r.try_get("name")?;
+                let version: String = r.try_get("version")?;
+                let text: String = r.try_get("definition")?;
+                let mut def: ProviderDefinition =
+                    serde_json::from_str(&text).map_err(|e| corrupt("provider definition", e))?;
+                let sealed: Option<Vec<u8>> = r.try_get("sealed_secret")?;
+                if let Some(sealed) = sealed {
+                    let plain = self
+                        .cipher
+                        .open(&sealed, provider_aad(&name, &version).as_bytes())
+                        .ok_or(StoreError::Unseal)?;
+                    let secret =
+                        String::from_utf8(plain).map_err(|e| corrupt("provider secret", e))?;
+                    set_backend_secret(&mut def, Some(secret));
+                }
+                Ok(def)
+            })
+            .collect()
+    }
+
+    async fn provider_put(&self, def: &ProviderDefinition, replace: bool) -> Result<()> {
+        let mut stored = def.clone();
+        let secret = set_backend_secret(&mut stored, None);
+        let sealed = secret.map(|s| {
+            self.cipher.seal(
+                s.as_bytes(),
+                provider_aad(&def.name, &def.version).as_bytes(),
+            )
+        });
+        let verb = if replace {
+            "INSERT OR REPLACE"
+        } else {
+            "INSERT"
+        };
+        let done = sqlx::query(&format!(
+            "{verb} INTO providers (name, version, definition, sealed_secret, created_at) VALUES (?, ?, ?, ?, ?)"
+        ))
+        .bind(&def.name)
+        .bind(&def.version)
+        .bind(serde_json::to_string(&stored).expect("definitions serialize"))
+        .bind(sealed)
+        .bind(ts(OffsetDateTime::now_utc()))
+        .execute(&self.pool)
+        .await;
+        match done {
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
+                "provider {} {} is already registered",
+                def.name, def.version
+            ))),
+            other => other.map(|_| ()).map_err(Into::into),
+        }
+    }
+
+    async fn provider_delete(&self, name: &str, version: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let using: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM services WHERE json_extract(spec, '$.provider.name') = ? AND json_extract(spec, '$.provider.version') = ?",
+        )
+        .bind(name)
+        .bind(version)
+        .fetch_one(&mut *tx)
+        .await?;
+        if using > 0 {
+            return Err(StoreError::Conflict(format!(
+                "provider {name} {version} still has {using} service(s); delete them first"
+            )));
+        }
+        let done = sqlx::query("DELETE FROM providers WHERE name = ? AND version = ?")
+            .bind(name)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn event_list(
         &self,
         id: ServiceId,
@@ -347,6 +434,27 @@ impl Store for SqliteStore {
                 Ok((r.try_get("seq")?, ev))
             })
             .collect()
+    }
+}
+
+fn provider_aad(name: &str, version: &str) -> String {
+    format!("provider:{name}:{version}")
+}
+
+/// Takes the backend secret out of a definition (returning it), or puts one in.
+fn set_backend_secret(def: &mut ProviderDefinition, secret: Option<String>) -> Option<String> {
+    let key = ["api", "rest"]
+        .into_iter()
+        .find(|k| def.backend.get(k).is_some_and(|v| v.is_object()))?;
+    let section = def.backend.get_mut(key)?.as_object_mut()?;
+    match secret {
+        Some(s) => {
+            section.insert("secret".into(), serde_json::Value::String(s));
+            None
+        }
+        None => section
+            .remove("secret")
+            .and_then(|v| v.as_str().map(str::to_owned)),
     }
 }
 

@@ -141,6 +141,38 @@ async fn suite(store: &dyn Store) {
         Err(StoreError::Conflict(_))
     ));
 
+    // providers: registered, secret sealed apart, duplicates refused, delete refused while used
+    let kv = |secret: &str| {
+        ProviderDefinition::from_yaml(&format!(
+            "name: redis\nversion: v1\nbackend: {{api: {{endpoint: 'http://x/kv', secret: '{secret}'}}}}\nconfigSchema: {{type: object}}\nsecretsSchema: {{type: object}}\nplans: [{{id: 0, name: S}}]\n"
+        ))
+        .unwrap()
+    };
+    store
+        .provider_put(&kv("backend-secret-1"), false)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.provider_put(&kv("x"), false).await,
+        Err(StoreError::Conflict(_))
+    ));
+    store
+        .provider_put(&kv("backend-secret-2"), true)
+        .await
+        .unwrap();
+    let listed = store.provider_list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0].rest_endpoint(),
+        Some(("http://x/kv", Some("backend-secret-2")))
+    );
+    // Services of provider redis v1 exist (team 2's and the re-created one): refused.
+    assert!(matches!(
+        store.provider_delete("redis", "v1").await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(!store.provider_delete("nope", "v1").await.unwrap());
+
     // purge removes every trace
     store.service_purge(a.id).await.unwrap();
     assert!(matches!(
@@ -165,7 +197,12 @@ async fn sqlite_file_store_passes_the_suite() {
     if let Ok(wal) = std::fs::read(dir.path().join("berth.db-wal")) {
         bytes.extend(wal);
     }
-    for pw in ["pw-b-123456789", "new-pw-123456", "again-123456789"] {
+    for pw in [
+        "pw-b-123456789",
+        "new-pw-123456",
+        "again-123456789",
+        "backend-secret-2",
+    ] {
         assert!(
             !bytes.windows(pw.len()).any(|w| w == pw.as_bytes()),
             "{pw} found in the database file"

@@ -136,26 +136,21 @@ pub fn load_providers_dir(dir: &Path) -> anyhow::Result<Vec<ProviderDefinition>>
 /// A catalog entry driving the provider's REST backend; warns (once, in the background) when the
 /// backend cannot be reached, without holding the start up.
 fn rest_entry(def: ProviderDefinition) -> CatalogEntry {
-    let (endpoint, secret) = def.rest_endpoint().expect("checked by load_providers_dir");
-    let backend = Arc::new(berth_backend::rest::RestBackend::new(
-        endpoint,
-        secret.map(str::to_owned),
-        Default::default(),
-    ));
-    let probe = backend.clone();
-    let name = def.name.clone();
+    let entry =
+        CatalogEntry::rest(def).expect("loaded and registered providers have a REST backend");
+    let probe = entry.backend.clone();
+    let name = entry.def.name.clone();
     tokio::spawn(async move {
-        use berth_backend::ProviderBackend;
         match probe.list().await {
             Ok(ids) => {
-                tracing::info!(provider = %name, endpoint = %probe.endpoint(), instances = ids.len(), "REST backend reachable")
+                tracing::info!(provider = %name, instances = ids.len(), "REST backend reachable")
             }
             Err(e) => {
                 tracing::warn!(provider = %name, error = %e, "REST backend not reachable; its services will show error until it is")
             }
         }
     });
-    CatalogEntry::remote(def, backend)
+    entry
 }
 
 /// A built-in provider served by the local backend.
@@ -337,21 +332,30 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         .into_iter()
         .map(|p| CatalogEntry::local(p.def, p.backend, p.installed))
         .collect();
+    // Registered through the API, then from the providers dir (which wins over a registered one
+    // of the same name and version; a built-in is never shadowed).
+    let mut extra = store
+        .provider_list()
+        .await
+        .context("reading registered providers")?;
     if let Some(dir) = &cfg.providers_dir {
         for def in load_providers_dir(dir)? {
-            if entries
-                .iter()
-                .any(|e| e.def.name == def.name && e.def.version == def.version)
-            {
-                bail!(
-                    "provider {} {} in {} is defined twice",
-                    def.name,
-                    def.version,
-                    dir.display()
-                );
-            }
-            entries.push(rest_entry(def));
+            extra.retain(|d| !(d.name == def.name && d.version == def.version));
+            extra.push(def);
         }
+    }
+    for def in extra {
+        if entries
+            .iter()
+            .any(|e| e.def.name == def.name && e.def.version == def.version)
+        {
+            bail!(
+                "provider {} {} would shadow a built-in provider",
+                def.name,
+                def.version
+            );
+        }
+        entries.push(rest_entry(def));
     }
     let catalog = Arc::new(Catalog::new(entries));
 

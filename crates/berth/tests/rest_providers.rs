@@ -221,3 +221,147 @@ async fn a_rest_provider_is_driven_end_to_end_and_a_broken_one_stalls_nobody() {
     // The backend's own instances: none left.
     assert!(instance_pids_under(backend_dir.path()).is_empty());
 }
+
+fn provider_json(name: &str, endpoint: &str) -> serde_json::Value {
+    let yaml = provider_yml(name, endpoint);
+    serde_json::to_value(serde_yaml_like(&yaml)).unwrap()
+}
+
+/// The YAML above as JSON, through the same parser Berth uses.
+fn serde_yaml_like(yaml: &str) -> berth_types::ProviderDefinition {
+    berth_types::ProviderDefinition::from_yaml(yaml).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_are_registered_scoped_changed_and_removed_through_the_api() {
+    let backend_dir = tempfile::tempdir().unwrap();
+    let (endpoint, _local) = serve_backend(backend_dir.path()).await;
+    let s = TestServer::start().await;
+    let providers = "/api/managed-services/providers";
+    let post = |body: serde_json::Value| s.call(reqwest::Method::POST, providers, Some(body));
+
+    let (code, v) = post(provider_json("kv2", &endpoint)).await;
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["warnings"], json!([]));
+    assert!(
+        !v.to_string().contains(KEY),
+        "the backend secret is never answered: {v}"
+    );
+    let (code, v) = post(provider_json("kv2", &endpoint)).await;
+    assert_eq!(code, 409, "{v}");
+
+    // An invalid definition names each broken rule.
+    let mut bad = provider_json("kv3", &endpoint);
+    bad["name"] = json!("Key Value");
+    bad["configSchema"] = json!({"type": "string"});
+    let (code, v) = post(bad).await;
+    assert_eq!(code, 422, "{v}");
+    let paths: Vec<&str> = v["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["name", "configSchema"]);
+    // Built-ins cannot be replaced or removed.
+    let (code, _) = s
+        .call(
+            reqwest::Method::DELETE,
+            &format!("{providers}/redis/v1"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 409);
+
+    // An unreachable backend is accepted with a warning.
+    let (code, v) = post(provider_json("later", "http://127.0.0.1:9/x")).await;
+    assert_eq!(code, 201, "{v}");
+    assert!(
+        v["warnings"][0].as_str().unwrap().contains("not reachable"),
+        "{v}"
+    );
+
+    // Team scope: invisible and unusable for other teams.
+    let mut scoped = provider_json("teamonly", &endpoint);
+    scoped["scope"] = json!({"type": "team", "teamIds": [5]});
+    let (code, v) = s.call(reqwest::Method::PUT, providers, Some(scoped)).await;
+    assert_eq!(code, 201, "{v}");
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, team1) = s.get(&format!("{providers}?teamId=1")).await;
+    let (_, team5) = s.get(&format!("{providers}?teamId=5")).await;
+    assert!(!names(&team1).contains(&"teamonly".to_owned()));
+    assert!(names(&team5).contains(&"teamonly".to_owned()));
+    let body = |team: i64, provider: &str| json!({"teamId": team, "name": format!("{provider}-svc"), "provider": {"name": provider}});
+    let (code, v) = s
+        .call(
+            reqwest::Method::POST,
+            "/api/managed-services",
+            Some(body(1, "teamonly")),
+        )
+        .await;
+    assert_eq!(code, 422, "{v}");
+
+    // PATCH changes a field; the definition stays valid.
+    let (code, v) = s
+        .call(
+            reqwest::Method::PATCH,
+            &format!("{providers}/kv2/v1"),
+            Some(json!({"displayName": "KV two"})),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let (_, all) = s.get(providers).await;
+    let kv2 = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "kv2")
+        .unwrap();
+    assert_eq!(kv2["displayName"], "KV two");
+    let (code, _) = s
+        .call(
+            reqwest::Method::PATCH,
+            &format!("{providers}/kv2/v1"),
+            Some(json!({"configSchema": {"type": "array"}})),
+        )
+        .await;
+    assert_eq!(code, 422);
+
+    // A registered provider's service converges; the provider cannot go while it exists.
+    let created = s.create(body(1, "kv2")).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    s.wait_state(&id, "synchronized", Duration::from_secs(30))
+        .await;
+    let (code, v) = s
+        .call(
+            reqwest::Method::DELETE,
+            &format!("{providers}/kv2/v1"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("service"), "{v}");
+    s.call(
+        reqwest::Method::DELETE,
+        &format!("/api/managed-services/{id}"),
+        None,
+    )
+    .await;
+    s.wait_gone(&id, Duration::from_secs(30)).await;
+    let (code, _) = s
+        .call(
+            reqwest::Method::DELETE,
+            &format!("{providers}/kv2/v1"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 204);
+    let (_, all) = s.get(providers).await;
+    assert!(!names(&all).contains(&"kv2".to_owned()));
+}

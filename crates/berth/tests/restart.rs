@@ -158,3 +158,39 @@ async fn a_half_made_instance_is_redone_and_an_orphan_removed() {
         "+PONG"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_providers_survive_a_restart() {
+    let mut s = TestServer::spawn().await;
+    let def = serde_json::json!({
+        "name": "kept", "version": "v2",
+        "backend": {"api": {"endpoint": "http://127.0.0.1:9/kept", "secret": "kept-secret-0123456789"}},
+        "configSchema": {"type": "object"}, "secretsSchema": {"type": "object"},
+        "plans": [{"id": 0, "name": "S"}]
+    });
+    let (code, v) = s
+        .call(
+            reqwest::Method::POST,
+            "/api/managed-services/providers",
+            Some(def),
+        )
+        .await;
+    assert_eq!(code, 201, "{v}");
+    s.kill9();
+    s.restart().await;
+    let (_, all) = s.get("/api/managed-services/providers").await;
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "kept" && p["version"] == "v2"),
+        "{all}"
+    );
+    // The backend secret is sealed in the database, not stored in plaintext.
+    let db = std::fs::read(s.dir.path().join("berth.db")).unwrap();
+    let wal = std::fs::read(s.dir.path().join("berth.db-wal")).unwrap_or_default();
+    let needle = b"kept-secret-0123456789";
+    assert!(![db, wal]
+        .iter()
+        .any(|b| b.windows(needle.len()).any(|w| w == needle)));
+}
