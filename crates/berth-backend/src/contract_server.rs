@@ -81,6 +81,9 @@ pub fn router(
         .merge(provider)
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(|| async { "ok" }))
+        // CONTRACTS.md §2: paths are relative to the endpoint URL, which includes the base path.
+        .route("/{provider}/health", get(|| async { "ok" }))
+        .route("/{provider}/ready", get(|| async { "ok" }))
         .fallback(|| async { Failure(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .with_state(state)
 }

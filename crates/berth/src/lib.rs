@@ -5,4 +5,5 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod conformance;
 pub mod server;

@@ -60,6 +60,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BackendCmd,
     },
+    /// Check a provider backend against the Provider REST API (the conformance kit).
+    Provider {
+        #[command(subcommand)]
+        cmd: ProviderCmd,
+    },
     /// Measure Berth against baselines taken in the same run (see docs/benchmarks.md).
     Bench {
         #[command(subcommand)]
@@ -85,6 +90,29 @@ enum BackendCmd {
         engines_dir: Option<PathBuf>,
         #[arg(long, env = "BERTH_INSTANCE_USER")]
         instance_user: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProviderCmd {
+    /// `berth provider test http://127.0.0.1:7070/redis --api-key K --config '{"version":"8"}'`
+    Test {
+        /// The backend's endpoint URL (with the provider's base path).
+        endpoint: String,
+        #[arg(long, env = "BERTH_BACKEND_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Plan parameters for the test instance, as JSON.
+        #[arg(long, default_value = "{}")]
+        plan: String,
+        /// Config for the test instance, as JSON.
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// Secrets for the test instance, as JSON.
+        #[arg(long, default_value = "{}")]
+        secrets: String,
+        /// Seconds to wait for the test instance to be ready.
+        #[arg(long, default_value_t = 60)]
+        ready_timeout: u64,
     },
 }
 
@@ -255,6 +283,14 @@ fn main() {
         match cli.cmd {
             Cmd::Server(args) => exit_code(server(args).await),
             Cmd::Backend { cmd } => exit_code(backend(cmd).await),
+            Cmd::Provider { cmd } => match provider_test(cmd).await {
+                Ok(true) => 0,
+                Ok(false) => 1,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    2
+                }
+            },
             Cmd::Bench {
                 cmd:
                     BenchCmd::Provision {
@@ -328,6 +364,31 @@ async fn backend(cmd: BackendCmd) -> anyhow::Result<()> {
     .await
 }
 
+async fn provider_test(cmd: ProviderCmd) -> anyhow::Result<bool> {
+    let ProviderCmd::Test {
+        endpoint,
+        api_key,
+        plan,
+        config,
+        secrets,
+        ready_timeout,
+    } = cmd;
+    let json = |what: &str, text: &str| -> anyhow::Result<serde_json::Value> {
+        serde_json::from_str(text).map_err(|e| anyhow::anyhow!("--{what} is not JSON: {e}"))
+    };
+    let opts = berth::conformance::Options {
+        endpoint,
+        api_key,
+        plan: json("plan", &plan)?,
+        config: json("config", &config)?,
+        secrets: json("secrets", &secrets)?,
+        ready_timeout: Duration::from_secs(ready_timeout),
+    };
+    Ok(berth::conformance::report(
+        &berth::conformance::run(opts).await,
+    ))
+}
+
 fn default_token() -> Option<String> {
     let dir = std::env::var_os("BERTH_DATA_DIR")
         .map(PathBuf::from)
@@ -382,7 +443,9 @@ fn one_table(v: &Value) -> String {
 
 async fn client_cmd(c: &Client, cmd: Cmd, output: Output) -> CliResult<()> {
     match cmd {
-        Cmd::Server(_) | Cmd::Bench { .. } | Cmd::Backend { .. } => unreachable!("handled in main"),
+        Cmd::Server(_) | Cmd::Bench { .. } | Cmd::Backend { .. } | Cmd::Provider { .. } => {
+            unreachable!("handled in main")
+        }
         Cmd::Providers {
             cmd: ProvidersCmd::List { team },
         } => {
