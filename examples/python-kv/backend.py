@@ -61,7 +61,8 @@ class Store:
         return {
             "plan": {"parameters": meta.get("plan", {})},
             "config": meta.get("config", {}),
-            "details": {"namespace": iid, "path": os.path.join(self.path(iid), "data.json"), "ready": True},
+            "details": {"namespace": iid, "path": os.path.join(self.path(iid), "data.json"),
+                        "paused": meta.get("paused", False), "ready": not meta.get("paused", False)},
         }
 
 
@@ -168,6 +169,8 @@ class Handler(BaseHTTPRequestHandler):
                     meta["plan"] = (body.get("plan") or {}).get("parameters", {})
                 if "config" in body:
                     meta["config"] = body.get("config") or {}
+                if "pause" in body:  # Berth's extension: a paused namespace refuses use, keeps data
+                    meta["paused"] = bool(body["pause"])
                 self.store.put(rest, meta)
                 return self.reply(204)
             if kind == "item" and method == "DELETE":

@@ -197,19 +197,19 @@ pub fn plan(
     };
 
     p.status.details = o.details.clone();
-    let observed_paused = o
-        .details
-        .get("paused")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    // Berth's own backends echo `paused`; a third-party backend that declares pause may not, and
+    // then the applied generation is what says the pause went through.
+    let observed_paused = o.details.get("paused").and_then(Value::as_bool);
+    let pause_drift = observed_paused.is_some_and(|p| p != svc.spec.pause);
     let drift = o.plan != svc.spec.plan.parameters || o.config != svc.spec.config;
     let unseen_change =
         p.status.observed_generation < generation && state != ServiceState::Creating;
 
-    if drift || unseen_change || observed_paused != svc.spec.pause {
+    if drift || unseen_change || pause_drift {
         p.action = Action::Update;
         p.status.observed_generation = generation;
-        let next = match (svc.spec.pause, observed_paused) {
+        let was_paused = observed_paused.unwrap_or(state == ServiceState::Paused);
+        let next = match (svc.spec.pause, was_paused) {
             (true, false) => ServiceState::Pausing,
             (false, true) => ServiceState::Unpausing,
             _ => ServiceState::Updating,
@@ -488,6 +488,52 @@ mod tests {
         assert_eq!(waiting.action, Action::None);
         let p = plan(&s, Some(&p.status), None, DEADLINE, at(2));
         assert_eq!(p.action, Action::Purge);
+    }
+
+    #[test]
+    fn a_backend_that_does_not_echo_pause_is_paused_by_generation() {
+        let mut s = svc(2);
+        s.spec.pause = true;
+        let synced = status(ServiceState::Synchronized, 1);
+        let p = plan(&s, Some(&synced), Some(&inst(true, true)), DEADLINE, at(1));
+        assert_eq!(
+            (p.action.clone(), p.status.state),
+            (Action::Update, ServiceState::Pausing)
+        );
+        // The PATCH went through (generation 2 applied); no `paused` in details: paused.
+        let p2 = plan(
+            &s,
+            Some(&p.status),
+            Some(&inst(true, true)),
+            DEADLINE,
+            at(2),
+        );
+        assert_eq!(
+            (p2.action, p2.status.state),
+            (Action::None, ServiceState::Paused)
+        );
+        // Resume: generation 3.
+        let mut r = svc(3);
+        r.spec.pause = false;
+        let p3 = plan(
+            &r,
+            Some(&p2.status),
+            Some(&inst(true, true)),
+            DEADLINE,
+            at(3),
+        );
+        assert_eq!(
+            (p3.action.clone(), p3.status.state),
+            (Action::Update, ServiceState::Unpausing)
+        );
+        let p4 = plan(
+            &r,
+            Some(&p3.status),
+            Some(&inst(true, true)),
+            DEADLINE,
+            at(4),
+        );
+        assert_eq!(p4.status.state, ServiceState::Synchronized);
     }
 
     #[test]

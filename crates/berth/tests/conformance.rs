@@ -186,6 +186,33 @@ async fn the_python_example_passes_the_kit_and_runs_through_berth() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // It declares pause: Berth pauses and resumes it through PATCH.
+    let path = format!("/api/managed-services/{id}");
+    let (code, v) = s
+        .call(reqwest::Method::PATCH, &path, Some(json!({"pause": true})))
+        .await;
+    assert_eq!(code, 200, "{v}");
+    s.wait_state(&id, "paused", Duration::from_secs(20)).await;
+    assert!(std::fs::read_to_string(&meta)
+        .unwrap()
+        .contains("\"paused\": true"));
+    s.call(reqwest::Method::PATCH, &path, Some(json!({"pause": false})))
+        .await;
+    let resumed = s
+        .wait_state(&id, "synchronized", Duration::from_secs(20))
+        .await;
+    assert_eq!(resumed["status"]["details"]["paused"], false);
+    let (_, events) = s.get(&format!("{path}/events?limit=100")).await;
+    let bodies = events.to_string();
+    for step in [
+        "synchronized -> pausing",
+        "pausing -> paused",
+        "paused -> unpausing",
+        "unpausing -> synchronized",
+    ] {
+        assert!(bodies.contains(step), "no '{step}' in {bodies}");
+    }
+
     s.call(
         reqwest::Method::DELETE,
         &format!("/api/managed-services/{id}"),
