@@ -477,13 +477,12 @@ impl App {
         Ok((existing.is_none(), warnings))
     }
 
-    /// Applies a JSON merge patch (RFC 7386) to a registered provider.
-    pub async fn provider_patch(
+    /// A provider registered through the API (404 if unknown, 409 for a built-in).
+    fn registered_provider(
         &self,
         name: &str,
         version: &str,
-        patch: Value,
-    ) -> Result<(ProviderDefinition, Vec<String>), ApiError> {
+    ) -> Result<Arc<CatalogEntry>, ApiError> {
         let entry = self
             .catalog
             .get(name, version)
@@ -493,6 +492,17 @@ impl App {
                 "{name} {version} is a built-in provider"
             )));
         }
+        Ok(entry)
+    }
+
+    /// Applies a JSON merge patch (RFC 7386) to a registered provider.
+    pub async fn provider_patch(
+        &self,
+        name: &str,
+        version: &str,
+        patch: Value,
+    ) -> Result<(ProviderDefinition, Vec<String>), ApiError> {
+        let entry = self.registered_provider(name, version)?;
         let mut doc = serde_json::to_value(&entry.def).expect("definitions serialize");
         merge_patch(&mut doc, &patch);
         let def: ProviderDefinition =
@@ -508,15 +518,7 @@ impl App {
     }
 
     pub async fn provider_delete(&self, name: &str, version: &str) -> Result<(), ApiError> {
-        let entry = self
-            .catalog
-            .get(name, version)
-            .ok_or_else(|| ApiError::NotFound(format!("no provider {name} {version}")))?;
-        if entry.is_builtin() {
-            return Err(ApiError::Conflict(format!(
-                "{name} {version} is a built-in provider"
-            )));
-        }
+        self.registered_provider(name, version)?;
         self.store.provider_delete(name, version).await?;
         self.catalog.remove(name, version);
         Ok(())
