@@ -155,7 +155,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.store.put(body["id"], meta)
                 return self.reply(201)
             if kind == "item" and rest.startswith("backups/"):
-                return self.error(501, "backups are not implemented")
+                return self.backups(method, rest[len("backups/"):])
             if kind == "item" and method == "PATCH":
                 body = self.body()
                 if body is None:
@@ -177,6 +177,29 @@ class Handler(BaseHTTPRequestHandler):
                 if valid_uuid(rest):
                     self.store.delete(rest)
                 return self.reply(204)
+        return self.error(405, "method not allowed")
+
+    def backups(self, method, rest):
+        """A backup is a copy of the namespace's data file, kept beside the namespaces."""
+        bid, _, action = rest.partition("/")
+        body = self.body()
+        if not valid_uuid(bid) or body is None or not valid_uuid(str(body.get("msId"))):
+            return self.error(400, "a backup id and a body with msId (uuid) are needed")
+        src = os.path.join(self.store.path(body["msId"]), "data.json")
+        dest = os.path.join(self.store.root, "_backups", bid + ".json")
+        if method == "PUT" and action == "":
+            if not os.path.exists(src):
+                return self.error(404, "no instance %s" % body["msId"])
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.copyfile(src, dest + ".tmp")
+            os.replace(dest + ".tmp", dest)
+            return self.reply(202)
+        if method == "POST" and action == "status":
+            return self.reply(200, {"exists": os.path.exists(dest)})
+        if method == "DELETE" and action == "":
+            if os.path.exists(dest):
+                os.remove(dest)
+            return self.reply(202)
         return self.error(405, "method not allowed")
 
     def do_GET(self):

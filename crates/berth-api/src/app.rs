@@ -11,7 +11,7 @@ use berth_types::api::{
     PatchServiceRequest, PlanInput, PlanView, ProviderView, StatusView,
 };
 use berth_types::{
-    validate, BackupSettings, Event, FieldError, Invalid, JsonMap, PlanSelection,
+    validate, BackupEntry, BackupSettings, Event, FieldError, Invalid, JsonMap, PlanSelection,
     ProviderDefinition, ProviderRef, Secrets, Service, ServiceId, ServiceSpec, ServiceState,
     ServiceStatus, Severity,
 };
@@ -529,11 +529,48 @@ impl App {
     async fn view(&self, svc: Service) -> Result<ManagedServiceView, ApiError> {
         let status = self.store.status_get(svc.id).await?;
         let events = self.store.event_list(svc.id, RECENT_EVENTS, None).await?;
-        Ok(to_view(
-            svc,
-            status,
-            events.into_iter().map(|(_, e)| e).collect(),
-        ))
+        let backups = self.store.backup_list(svc.id).await?;
+        let mut view = to_view(svc, status, events.into_iter().map(|(_, e)| e).collect());
+        view.backups.entries = backups;
+        Ok(view)
+    }
+
+    /// A manual backup: recorded now, started and confirmed by the reconciler through the
+    /// provider's backend. Needs a provider with `capabilities.backups` and backups enabled.
+    pub async fn service_backup(&self, id: &str) -> Result<BackupEntry, ApiError> {
+        let id = parse_id(id)?;
+        let svc = self.store.service_get(id).await?;
+        if svc.deleted_at.is_some() {
+            return Err(ApiError::Conflict(format!("service {id} is being deleted")));
+        }
+        let entry = self
+            .catalog
+            .get(&svc.spec.provider.name, &svc.spec.provider.version)
+            .ok_or_else(|| {
+                ApiError::Conflict("the service's provider is no longer in the catalog".into())
+            })?;
+        if !entry.def.capabilities.backups {
+            return Err(ApiError::invalid(
+                "backups",
+                format!("provider {} does not support backups (yet)", entry.def.name),
+            ));
+        }
+        if !svc.spec.backups.enabled {
+            return Err(ApiError::invalid(
+                "backups.enabled",
+                "backups are not enabled for this service",
+            ));
+        }
+        let b = BackupEntry {
+            id: Uuid::new_v4(),
+            scheduled_at: OffsetDateTime::now_utc(),
+            initiated_at: None,
+            confirmed_at: None,
+            error: None,
+        };
+        self.store.backup_insert(id, &b).await?;
+        self.reconciler.wake();
+        Ok(b)
     }
 }
 

@@ -60,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/managed-services/{id}/events", get(services_events))
         .route("/api/managed-services/{id}/logs", get(services_logs))
         .route("/api/managed-services/{id}/env", post(services_env))
+        .route("/api/managed-services/{id}/backups", post(services_backup))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_bearer,
@@ -253,6 +254,20 @@ async fn services_env(
     Ok(Json(EnvView {
         variables: berth_types::api::indexmap_like::Pairs(vars),
     }))
+}
+
+/// Take a backup now; the answer is the scheduled entry, which `initiatedAt` and `confirmedAt`
+/// fill as the provider's backend starts and confirms it (see the resource's `backups.entries`).
+#[utoipa::path(post, path = "/api/managed-services/{id}/backups", params(("id" = String, Path)),
+    responses((status = 202, body = berth_types::BackupEntry), (status = 404, body = berth_types::api::ErrorBody),
+        (status = 409, body = berth_types::api::ErrorBody), (status = 422, body = berth_types::api::ErrorBody)),
+    security(("bearer" = [])), tag = "managed-services")]
+async fn services_backup(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let entry = s.app.service_backup(&id).await?;
+    Ok((StatusCode::ACCEPTED, Json(entry)).into_response())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

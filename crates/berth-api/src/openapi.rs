@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
     info(title = "Berth", description = "Self-hosted managed services: the public API."),
     paths(
         crate::services_list, crate::services_create, crate::services_get, crate::services_patch,
-        crate::services_delete, crate::services_events, crate::services_logs, crate::services_env,
+        crate::services_delete, crate::services_events, crate::services_logs, crate::services_env, crate::services_backup,
         crate::providers_list, crate::providers_create, crate::providers_upsert,
         crate::providers_patch, crate::providers_delete,
     ),

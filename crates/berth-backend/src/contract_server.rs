@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::wire::{CreateBody, ErrorBody, PatchBody, StatusBody};
+use crate::wire::{BackupBody, BackupStatusBody, CreateBody, ErrorBody, PatchBody, StatusBody};
 use crate::{BackendError, ProviderBackend};
 
 /// Creates that failed in the background: (provider, id) -> (the request, the error).
@@ -70,9 +70,9 @@ pub fn router(
         .route("/{provider}/{id}", patch(update).delete(delete))
         .route(
             "/{provider}/backups/{backup}",
-            put(not_implemented).delete(not_implemented),
+            put(backup_start).delete(backup_delete),
         )
-        .route("/{provider}/backups/{backup}/status", post(not_implemented))
+        .route("/{provider}/backups/{backup}/status", post(backup_status))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_key,
@@ -250,9 +250,61 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn not_implemented() -> Failure {
-    Failure(
-        StatusCode::NOT_IMPLEMENTED,
-        "backups are not implemented by this backend yet".into(),
-    )
+/// Backups are optional: a backend without them answers 501.
+fn backup_failure(e: BackendError) -> Failure {
+    match e {
+        BackendError::Invalid(msg) if msg.contains("no backups") => {
+            Failure(StatusCode::NOT_IMPLEMENTED, msg)
+        }
+        other => other.into(),
+    }
+}
+
+fn backup_id(text: &str) -> Result<Uuid, Failure> {
+    Uuid::parse_str(text).map_err(|_| {
+        Failure(
+            StatusCode::BAD_REQUEST,
+            "the backup id must be a UUID".into(),
+        )
+    })
+}
+
+async fn backup_start(
+    State(s): State<Served>,
+    Path((provider, backup)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Response, Failure> {
+    let b = backend(&s, &provider)?;
+    let req: BackupBody = parse_json(&body)?;
+    b.backup_start(backup_id(&backup)?, &req.into())
+        .await
+        .map_err(backup_failure)?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+async fn backup_status(
+    State(s): State<Served>,
+    Path((provider, backup)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Response, Failure> {
+    let b = backend(&s, &provider)?;
+    let req: BackupBody = parse_json(&body)?;
+    let state = b
+        .backup_status(backup_id(&backup)?, &req.into())
+        .await
+        .map_err(backup_failure)?;
+    Ok(Json(BackupStatusBody::from(state)).into_response())
+}
+
+async fn backup_delete(
+    State(s): State<Served>,
+    Path((provider, backup)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Response, Failure> {
+    let b = backend(&s, &provider)?;
+    let req: BackupBody = parse_json(&body)?;
+    b.backup_delete(backup_id(&backup)?, &req.into())
+        .await
+        .map_err(backup_failure)?;
+    Ok(StatusCode::ACCEPTED.into_response())
 }

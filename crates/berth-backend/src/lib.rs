@@ -74,6 +74,24 @@ impl InstanceStatus {
     }
 }
 
+/// What a backup call carries (the contract's backup body): which instance, and the backup
+/// store's config and secrets.
+#[derive(Clone)]
+pub struct BackupRequest {
+    pub ms_id: Uuid,
+    pub team_id: i64,
+    pub config: JsonMap,
+    pub secrets: JsonMap,
+    pub retention_days: Option<u32>,
+}
+
+/// The contract's `{exists, error?}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupState {
+    pub exists: bool,
+    pub error: Option<String>,
+}
+
 /// The backend layer's one error type. `retryable()` tells the reconciler whether waiting helps.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -106,6 +124,23 @@ pub trait ProviderBackend: Send + Sync + 'static {
     async fn update(&self, id: Uuid, patch: &InstancePatch) -> Result<()>;
     /// Removes the instance and its data; an unknown id counts as done.
     async fn delete(&self, id: Uuid) -> Result<()>;
+    /// Starts backup `backup` of an instance (the contract's `PUT /backups/{id}`); optional.
+    async fn backup_start(&self, _backup: Uuid, _req: &BackupRequest) -> Result<()> {
+        Err(BackendError::Invalid(
+            "this backend takes no backups".into(),
+        ))
+    }
+    /// Whether backup `backup` exists (is confirmed), or why it failed.
+    async fn backup_status(&self, _backup: Uuid, _req: &BackupRequest) -> Result<BackupState> {
+        Err(BackendError::Invalid(
+            "this backend takes no backups".into(),
+        ))
+    }
+    async fn backup_delete(&self, _backup: Uuid, _req: &BackupRequest) -> Result<()> {
+        Err(BackendError::Invalid(
+            "this backend takes no backups".into(),
+        ))
+    }
     /// Whether every instance this backend lists belongs to this Berth, so one that no service
     /// owns is an orphan to remove. False for a REST backend, which other platforms may share.
     fn sweeps_orphans(&self) -> bool {

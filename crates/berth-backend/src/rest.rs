@@ -13,8 +13,11 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use crate::wire::{CreateBody, ErrorBody, PatchBody, StatusBody};
-use crate::{BackendError, InstancePatch, InstanceSpec, InstanceStatus, ProviderBackend, Result};
+use crate::wire::{BackupBody, BackupStatusBody, CreateBody, ErrorBody, PatchBody, StatusBody};
+use crate::{
+    BackendError, BackupRequest, BackupState, InstancePatch, InstanceSpec, InstanceStatus,
+    ProviderBackend, Result,
+};
 
 /// How many ids one `GET /?id=...` carries.
 const STATUS_BATCH: usize = 50;
@@ -201,6 +204,45 @@ impl ProviderBackend for RestBackend {
             status,
             &answer,
             Some(id),
+        ))
+    }
+
+    async fn backup_start(&self, backup: Uuid, req: &BackupRequest) -> Result<()> {
+        let path = format!("/backups/{backup}");
+        let (status, answer) = self
+            .call(Method::PUT, &path, Some(&BackupBody::from(req)))
+            .await?;
+        if status.is_success() {
+            return Ok(());
+        }
+        Err(Self::error_of(&Method::PUT, &path, status, &answer, None))
+    }
+
+    async fn backup_status(&self, backup: Uuid, req: &BackupRequest) -> Result<BackupState> {
+        let path = format!("/backups/{backup}/status");
+        let (status, answer) = self
+            .call(Method::POST, &path, Some(&BackupBody::from(req)))
+            .await?;
+        if !status.is_success() {
+            return Err(Self::error_of(&Method::POST, &path, status, &answer, None));
+        }
+        Ok(Self::parse::<BackupStatusBody>(&Method::POST, &path, &answer)?.into())
+    }
+
+    async fn backup_delete(&self, backup: Uuid, req: &BackupRequest) -> Result<()> {
+        let path = format!("/backups/{backup}");
+        let (status, answer) = self
+            .call(Method::DELETE, &path, Some(&BackupBody::from(req)))
+            .await?;
+        if status.is_success() || status == StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        Err(Self::error_of(
+            &Method::DELETE,
+            &path,
+            status,
+            &answer,
+            None,
         ))
     }
 

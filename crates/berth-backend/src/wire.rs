@@ -5,7 +5,7 @@ use berth_types::JsonMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{InstancePatch, InstanceSpec, InstanceStatus};
+use crate::{BackupRequest, BackupState, InstancePatch, InstanceSpec, InstanceStatus};
 
 /// `{"parameters": {...}}`
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -148,6 +148,70 @@ impl From<InstanceStatus> for StatusBody {
             config: s.config,
             details: s.details,
             error: s.error,
+        }
+    }
+}
+
+/// The backup body of `PUT /backups/{id}`, `POST /backups/{id}/status`, `DELETE /backups/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupBody {
+    pub ms_id: Uuid,
+    pub team_id: i64,
+    #[serde(default)]
+    pub config: JsonMap,
+    #[serde(default)]
+    pub secrets: JsonMap,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
+}
+
+/// `{"exists": bool, "error"?: string}`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupStatusBody {
+    pub exists: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<&BackupRequest> for BackupBody {
+    fn from(r: &BackupRequest) -> Self {
+        Self {
+            ms_id: r.ms_id,
+            team_id: r.team_id,
+            config: r.config.clone(),
+            secrets: r.secrets.clone(),
+            retention_days: r.retention_days,
+        }
+    }
+}
+
+impl From<BackupBody> for BackupRequest {
+    fn from(b: BackupBody) -> Self {
+        Self {
+            ms_id: b.ms_id,
+            team_id: b.team_id,
+            config: b.config,
+            secrets: b.secrets,
+            retention_days: b.retention_days,
+        }
+    }
+}
+
+impl From<BackupStatusBody> for BackupState {
+    fn from(b: BackupStatusBody) -> Self {
+        Self {
+            exists: b.exists,
+            error: b.error,
+        }
+    }
+}
+
+impl From<BackupState> for BackupStatusBody {
+    fn from(b: BackupState) -> Self {
+        Self {
+            exists: b.exists,
+            error: b.error,
         }
     }
 }

@@ -270,10 +270,12 @@ async fn the_wire_refuses_bad_keys_bad_ids_and_reports_errors_as_json() {
     rest.delete(id).await.unwrap();
     assert!(rest.status(&[id]).await.unwrap().is_empty());
     // Backups are an optional capability: 501 here.
+    let backup = format!("{base}/redis/backups/{}", Uuid::new_v4());
+    let body = json!({"msId": id, "teamId": 1});
     let r = http
-        .put(format!("{base}/redis/backups/b1"))
+        .put(&backup)
         .bearer_auth("s3cret-key")
-        .json(&json!({}))
+        .json(&body)
         .send()
         .await
         .unwrap();

@@ -14,9 +14,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use berth_backend::{InstancePatch, InstanceSpec, InstanceStatus};
+use berth_backend::{BackupRequest, BackupState, InstancePatch, InstanceSpec, InstanceStatus};
 use berth_store::Store;
-use berth_types::{Event, Service, ServiceId, ServiceStatus};
+use berth_types::{BackupEntry, Event, Service, ServiceId, ServiceStatus, Severity};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, Semaphore};
 
@@ -304,6 +304,9 @@ impl Reconciler {
                 Ok(()) => {
                     self.record(&svc, current.as_ref(), &plan).await?;
                     if matches!(plan.action, Action::None | Action::Purge) {
+                        if plan.status.state == berth_types::ServiceState::Synchronized {
+                            self.backups_step(entry, &svc).await?;
+                        }
                         return Ok(());
                     }
                 }
@@ -317,6 +320,109 @@ impl Reconciler {
                 Ok(o) => Observation::Seen(o.map(Box::new)),
                 Err(e) => Observation::Unavailable(e.to_string()),
             };
+        }
+        Ok(())
+    }
+
+    /// Drives the service's backups through the backend (CONTRACTS.md §2 backup calls): schedules
+    /// one every `intervalH`, starts the ones asked for, and polls started ones until the backend
+    /// confirms them or says why not. Only a confirmed backup counts.
+    async fn backups_step(
+        &self,
+        entry: &CatalogEntry,
+        svc: &Service,
+    ) -> Result<(), ReconcileError> {
+        let settings = &svc.spec.backups;
+        if !entry.def.capabilities.backups || !settings.enabled || svc.deleted_at.is_some() {
+            return Ok(());
+        }
+        let mut list = self.store.backup_list(svc.id).await?;
+        if let Some(hours) = settings.interval_h {
+            let last = list
+                .iter()
+                .map(|b| b.scheduled_at)
+                .max()
+                .unwrap_or(svc.created_at);
+            if now() - last >= time::Duration::hours(hours.into()) {
+                let b = BackupEntry {
+                    id: uuid::Uuid::new_v4(),
+                    scheduled_at: now(),
+                    initiated_at: None,
+                    confirmed_at: None,
+                    error: None,
+                };
+                self.store.backup_insert(svc.id, &b).await?;
+                list.push(b);
+            }
+        }
+        let pending: Vec<BackupEntry> = list
+            .into_iter()
+            .filter(|b| b.confirmed_at.is_none() && b.error.is_none())
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let secrets = self.store.secrets_get(svc.id).await?;
+        let req = BackupRequest {
+            ms_id: svc.id,
+            team_id: svc.spec.team_id,
+            config: settings
+                .config
+                .as_ref()
+                .and_then(|c| c.as_object().cloned())
+                .unwrap_or_default(),
+            secrets: secrets.backups,
+            retention_days: settings.delete_retention_days,
+        };
+        for mut b in pending {
+            let mut events = Vec::new();
+            if b.initiated_at.is_none() {
+                match self.call(entry.backend.backup_start(b.id, &req)).await {
+                    Ok(()) => b.initiated_at = Some(now()),
+                    Err(e) => {
+                        b.error = Some(e.to_string());
+                        events.push(Event::new(
+                            svc.id,
+                            "berth.backup.failed",
+                            Severity::Error,
+                            format!("backup {} could not start: {e}", b.id),
+                            now(),
+                        ));
+                    }
+                }
+            } else {
+                match self.call(entry.backend.backup_status(b.id, &req)).await {
+                    Ok(st) if st.exists => {
+                        b.confirmed_at = Some(now());
+                        events.push(Event::new(
+                            svc.id,
+                            "berth.backup.confirmed",
+                            Severity::Info,
+                            format!("backup {} confirmed by the backend", b.id),
+                            now(),
+                        ));
+                    }
+                    Ok(BackupState { error: Some(e), .. }) => {
+                        b.error = Some(e.clone());
+                        events.push(Event::new(
+                            svc.id,
+                            "berth.backup.failed",
+                            Severity::Error,
+                            format!("backup {} failed: {e}", b.id),
+                            now(),
+                        ));
+                    }
+                    Ok(_) => continue, // still running: asked again next pass
+                    Err(e) => {
+                        tracing::warn!(service = %svc.id, backup = %b.id, error = %e, "backup status");
+                        continue;
+                    }
+                }
+            }
+            self.store.backup_update(&b).await?;
+            if !events.is_empty() {
+                self.store.status_record(svc.id, None, &events).await?;
+            }
         }
         Ok(())
     }

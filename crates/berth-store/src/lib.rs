@@ -10,7 +10,7 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 use berth_types::{
-    Event, ProviderDefinition, Secrets, Service, ServiceId, ServiceSpec, ServiceStatus,
+    BackupEntry, Event, ProviderDefinition, Secrets, Service, ServiceId, ServiceSpec, ServiceStatus,
 };
 use time::OffsetDateTime;
 
@@ -87,6 +87,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
 
     async fn event_append(&self, id: ServiceId, event: &Event) -> Result<()>;
+
+    async fn backup_insert(&self, service: ServiceId, entry: &BackupEntry) -> Result<()>;
+    /// A service's backups, oldest first.
+    async fn backup_list(&self, service: ServiceId) -> Result<Vec<BackupEntry>>;
+    /// Records progress of a backup (initiated, confirmed, error).
+    async fn backup_update(&self, entry: &BackupEntry) -> Result<()>;
 
     /// Registered providers, with their backend secrets unsealed (for the catalog only).
     async fn provider_list(&self) -> Result<Vec<ProviderDefinition>>;

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use berth_types::{
-    Event, ProviderDefinition, Secrets, Service, ServiceId, ServiceSpec, ServiceState,
+    BackupEntry, Event, ProviderDefinition, Secrets, Service, ServiceId, ServiceSpec, ServiceState,
     ServiceStatus,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -252,6 +252,10 @@ impl Store for SqliteStore {
 
     async fn service_purge(&self, id: ServiceId) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM backups WHERE service_id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM events WHERE service_id = ?")
             .bind(id.to_string())
             .execute(&mut *tx)
@@ -324,6 +328,57 @@ impl Store for SqliteStore {
             .bind(serde_json::to_string(event).expect("events serialize to JSON"))
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    async fn backup_insert(&self, service: ServiceId, entry: &BackupEntry) -> Result<()> {
+        sqlx::query("INSERT INTO backups (id, service_id, scheduled_at) VALUES (?, ?, ?)")
+            .bind(entry.id.to_string())
+            .bind(service.to_string())
+            .bind(ts(entry.scheduled_at))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn backup_list(&self, service: ServiceId) -> Result<Vec<BackupEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, scheduled_at, initiated_at, confirmed_at, error FROM backups
+             WHERE service_id = ? ORDER BY scheduled_at, id",
+        )
+        .bind(service.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let opt = |col: &str| -> Result<Option<OffsetDateTime>> {
+                    r.try_get::<Option<String>, _>(col)?
+                        .as_deref()
+                        .map(parse_ts)
+                        .transpose()
+                };
+                Ok(BackupEntry {
+                    id: ServiceId::parse_str(&r.try_get::<String, _>("id")?)
+                        .map_err(|e| corrupt("backup id", e))?,
+                    scheduled_at: parse_ts(&r.try_get::<String, _>("scheduled_at")?)?,
+                    initiated_at: opt("initiated_at")?,
+                    confirmed_at: opt("confirmed_at")?,
+                    error: r.try_get("error")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn backup_update(&self, entry: &BackupEntry) -> Result<()> {
+        sqlx::query(
+            "UPDATE backups SET initiated_at = ?, confirmed_at = ?, error = ? WHERE id = ?",
+        )
+        .bind(entry.initiated_at.map(ts))
+        .bind(entry.confirmed_at.map(ts))
+        .bind(&entry.error)
+        .bind(entry.id.to_string())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

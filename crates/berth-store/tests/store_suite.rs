@@ -173,6 +173,23 @@ async fn suite(store: &dyn Store) {
     ));
     assert!(!store.provider_delete("nope", "v1").await.unwrap());
 
+    // backups: scheduled, then initiated and confirmed
+    let mut b = BackupEntry {
+        id: Uuid::new_v4(),
+        scheduled_at: now,
+        initiated_at: None,
+        confirmed_at: None,
+        error: None,
+    };
+    store.backup_insert(a.id, &b).await.unwrap();
+    b.initiated_at = Some(now);
+    b.confirmed_at = Some(now);
+    store.backup_update(&b).await.unwrap();
+    let got = store.backup_list(a.id).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, b.id);
+    assert!(got[0].confirmed_at.is_some() && got[0].error.is_none());
+
     // purge removes every trace
     store.service_purge(a.id).await.unwrap();
     assert!(matches!(
@@ -181,6 +198,7 @@ async fn suite(store: &dyn Store) {
     ));
     assert!(store.status_get(a.id).await.unwrap().is_none());
     assert!(store.event_list(a.id, 10, None).await.unwrap().is_empty());
+    assert!(store.backup_list(a.id).await.unwrap().is_empty());
 }
 
 #[tokio::test]

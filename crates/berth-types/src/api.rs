@@ -121,8 +121,8 @@ pub struct BackupsView {
     pub delete_retention_days: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interval_h: Option<u32>,
-    #[schema(value_type = Vec<Object>)]
-    pub entries: Vec<Value>,
+    /// The service's backups, oldest first.
+    pub entries: Vec<crate::BackupEntry>,
 }
 
 /// `status` in a resource.

@@ -153,7 +153,10 @@ async fn the_python_example_passes_the_kit_and_runs_through_berth() {
         .await;
     assert_eq!(code, 201, "{v}");
     assert_eq!(v["warnings"], json!([]));
-    let created = s.create(json!({"teamId": 3, "name": "ns", "provider": {"name": "kv"}, "config": {"label": "orders"}})).await;
+    let created = s
+        .create(json!({"teamId": 3, "name": "ns", "provider": {"name": "kv"}, "config": {"label": "orders"},
+                       "backups": {"enabled": true, "deleteRetentionDays": 7, "config": {"destinationPath": "local"}}}))
+        .await;
     let id = created["id"].as_str().unwrap().to_owned();
     let svc = s
         .wait_state(&id, "synchronized", Duration::from_secs(30))
@@ -186,8 +189,40 @@ async fn the_python_example_passes_the_kit_and_runs_through_berth() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // It declares pause: Berth pauses and resumes it through PATCH.
+    // It declares backups: a manual backup is started and confirmed through the backend.
     let path = format!("/api/managed-services/{id}");
+    let (code, v) = s
+        .call(reqwest::Method::POST, &format!("{path}/backups"), None)
+        .await;
+    assert_eq!(code, 202, "{v}");
+    let backup = v["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, svc) = s.get(&path).await;
+        let entry = svc["backups"]["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["id"] == backup.as_str())
+            .cloned()
+            .unwrap();
+        if entry.get("confirmedAt").is_some() {
+            assert!(entry.get("initiatedAt").is_some());
+            break;
+        }
+        assert!(entry.get("error").is_none(), "{entry}");
+        assert!(Instant::now() < deadline, "backup not confirmed: {entry}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        dir.path()
+            .join("_backups")
+            .join(format!("{backup}.json"))
+            .exists(),
+        "the backend holds the backup"
+    );
+
+    // It declares pause: Berth pauses and resumes it through PATCH.
     let (code, v) = s
         .call(reqwest::Method::PATCH, &path, Some(json!({"pause": true})))
         .await;
