@@ -18,6 +18,8 @@ pub struct Options {
     pub config: Value,
     pub secrets: Value,
     pub ready_timeout: Duration,
+    /// Also check the optional backup calls (for backends that declare `capabilities.backups`).
+    pub backups: bool,
 }
 
 /// The outcome of one rule.
@@ -285,6 +287,10 @@ pub async fn run(opts: Options) -> Vec<Check> {
         });
     kit.record("PATCH of an unknown id is refused with an error body", r);
 
+    if opts.backups {
+        backup_checks(&mut kit, id).await;
+    }
+
     for (rule, what) in [
         ("DELETE /{id} answers 204", "DELETE"),
         (
@@ -314,6 +320,83 @@ pub async fn run(opts: Options) -> Vec<Check> {
     };
     kit.record("a deleted id disappears from status", r);
     kit.checks
+}
+
+/// The optional backup calls: start, confirmation, removal.
+async fn backup_checks(kit: &mut Kit, ms_id: Uuid) {
+    let backup = Uuid::new_v4();
+    let body = json!({"msId": ms_id, "teamId": 1, "config": {}, "secrets": {}});
+    let r = kit
+        .call(
+            Method::PUT,
+            &format!("/backups/{backup}"),
+            Some(&body),
+            true,
+        )
+        .await
+        .and_then(|a| expect(&a, &[202], "PUT /backups/{id}"));
+    kit.record("PUT /backups/{id} starts a backup (202)", r);
+    let start = Instant::now();
+    let r = loop {
+        match kit
+            .call(
+                Method::POST,
+                &format!("/backups/{backup}/status"),
+                Some(&body),
+                true,
+            )
+            .await
+        {
+            Ok(a) if a.status == 200 && a.body["exists"] == json!(true) => break Ok(()),
+            Ok(a) if a.status == 200 && a.body.get("exists").is_some_and(Value::is_boolean) => {
+                if let Some(e) = a.body.get("error").and_then(Value::as_str) {
+                    break Err(format!("the backend reports: {e}"));
+                }
+                if start.elapsed() > Duration::from_secs(60) {
+                    break Err("not confirmed (exists: true) within 60s".into());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(a) => {
+                break Err(format!(
+                    "expected 200 {{\"exists\": bool}}, got {} {}",
+                    a.status.as_u16(),
+                    a.raw
+                ))
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    kit.record(
+        "POST /backups/{id}/status confirms it with {\"exists\": true}",
+        r,
+    );
+    let r = kit
+        .call(
+            Method::DELETE,
+            &format!("/backups/{backup}"),
+            Some(&body),
+            true,
+        )
+        .await
+        .and_then(|a| expect(&a, &[202, 204], "DELETE /backups/{id}"));
+    kit.record("DELETE /backups/{id} removes it (202)", r);
+    let r = kit
+        .call(
+            Method::POST,
+            &format!("/backups/{backup}/status"),
+            Some(&body),
+            true,
+        )
+        .await
+        .and_then(|a| {
+            if a.body["exists"] == json!(false) {
+                Ok(())
+            } else {
+                Err(format!("a deleted backup still exists: {}", a.raw))
+            }
+        });
+    kit.record("a deleted backup no longer exists", r);
 }
 
 /// Prints the report; returns whether every rule passed.

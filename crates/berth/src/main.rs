@@ -113,6 +113,9 @@ enum ProviderCmd {
         /// Seconds to wait for the test instance to be ready.
         #[arg(long, default_value_t = 60)]
         ready_timeout: u64,
+        /// Also check the optional backup calls.
+        #[arg(long)]
+        backups: bool,
     },
 }
 
@@ -372,6 +375,7 @@ async fn provider_test(cmd: ProviderCmd) -> anyhow::Result<bool> {
         config,
         secrets,
         ready_timeout,
+        backups,
     } = cmd;
     let json = |what: &str, text: &str| -> anyhow::Result<serde_json::Value> {
         serde_json::from_str(text).map_err(|e| anyhow::anyhow!("--{what} is not JSON: {e}"))
@@ -383,6 +387,7 @@ async fn provider_test(cmd: ProviderCmd) -> anyhow::Result<bool> {
         config: json("config", &config)?,
         secrets: json("secrets", &secrets)?,
         ready_timeout: Duration::from_secs(ready_timeout),
+        backups,
     };
     Ok(berth::conformance::report(
         &berth::conformance::run(opts).await,

@@ -130,9 +130,18 @@ async fn the_python_example_passes_the_kit_and_runs_through_berth() {
     let _backend = python_backend(dir.path(), port, key);
     let endpoint = format!("http://127.0.0.1:{port}/kv");
     wait_http(&format!("{endpoint}/health")).await;
-    let out = kit(&endpoint, key, &["--config", r#"{"label":"conformance"}"#]);
+    let out = kit(
+        &endpoint,
+        key,
+        &["--config", r#"{"label":"conformance"}"#, "--backups"],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("PASS  POST /backups/{id}/status confirms it"),
+        "{text}"
+    );
+    assert!(text.contains("20 passed, 0 failed"), "{text}");
 
     // Registered through the API and driven end to end.
     let s = TestServer::start().await;
