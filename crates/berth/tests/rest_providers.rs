@@ -365,3 +365,61 @@ async fn providers_are_registered_scoped_changed_and_removed_through_the_api() {
     let (_, all) = s.get(providers).await;
     assert!(!names(&all).contains(&"kv2".to_owned()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_backend_shows_error_and_stalls_no_other_provider() {
+    // Accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let providers = tempfile::tempdir().unwrap();
+    std::fs::write(
+        providers.path().join("hangs.yml"),
+        provider_yml("hangs", &format!("http://{addr}/x")),
+    )
+    .unwrap();
+    let dir = providers.path().to_path_buf();
+    let s = TestServer::start_with(move |cfg| cfg.providers_dir = Some(dir)).await;
+
+    let hanging = s
+        .create(json!({"teamId": 1, "name": "h", "provider": {"name": "hangs"}}))
+        .await;
+    let t0 = std::time::Instant::now();
+    let builtin = s.create(redis_body("fine", "8")).await;
+    // The built-in converges while the other backend hangs (its calls wait up to 10 s).
+    s.wait_state(
+        builtin["id"].as_str().unwrap(),
+        "synchronized",
+        Duration::from_secs(8),
+    )
+    .await;
+    assert!(t0.elapsed() < Duration::from_secs(8));
+    let h = s
+        .wait_state(
+            hanging["id"].as_str().unwrap(),
+            "error",
+            Duration::from_secs(40),
+        )
+        .await;
+    assert!(
+        h["status"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "{}",
+        h["status"]
+    );
+    s.call(
+        reqwest::Method::DELETE,
+        &format!("/api/managed-services/{}", builtin["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    s.wait_gone(builtin["id"].as_str().unwrap(), Duration::from_secs(20))
+        .await;
+}
