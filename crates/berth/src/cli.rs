@@ -142,7 +142,7 @@ impl Client {
         }
     }
 
-    /// Polls until the service is `synchronized` (or `paused` when `paused`), with a spinner on
+    /// Polls until the service is in state `want` (`synchronized`, `paused`), with a spinner on
     /// a terminal. `error` or the timeout end the wait with exit code 7.
     pub async fn wait_for(&self, id: &str, want: &str, timeout: Duration) -> CliResult<Value> {
         let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];

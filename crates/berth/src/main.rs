@@ -229,6 +229,12 @@ enum ServicesCmd {
         config: Vec<String>,
         #[arg(long = "secret")]
         secrets: Vec<String>,
+        /// Stop the instance, keeping its data and credentials.
+        #[arg(long, conflicts_with = "resume")]
+        pause: bool,
+        /// Start a paused instance again.
+        #[arg(long)]
+        resume: bool,
         #[arg(long)]
         wait: bool,
         #[arg(long, default_value_t = 120)]
@@ -561,12 +567,17 @@ async fn services(c: &Client, cmd: ServicesCmd, output: Output) -> CliResult<()>
             params,
             config,
             secrets,
+            pause,
+            resume,
             wait,
             timeout,
         } => {
             let svc = c.resolve(&service, team).await?;
             let id = svc["id"].as_str().unwrap_or_default().to_owned();
             let mut body = json!({});
+            if pause || resume {
+                body["pause"] = json!(pause);
+            }
             if let Some(n) = name {
                 body["name"] = json!(n);
             }
@@ -588,13 +599,16 @@ async fn services(c: &Client, cmd: ServicesCmd, output: Output) -> CliResult<()>
                 )
                 .await?;
             if wait {
-                // Let the reconciler see the new generation before waiting for `synchronized`.
+                // Let the reconciler see the new generation before waiting for the end state.
                 let generation = v["status"]["generation"].as_i64().unwrap_or(0);
+                let want = if v["pause"] == json!(true) {
+                    "paused"
+                } else {
+                    "synchronized"
+                };
                 let deadline = std::time::Instant::now() + Duration::from_secs(timeout);
                 loop {
-                    v = c
-                        .wait_for(&id, "synchronized", Duration::from_secs(timeout))
-                        .await?;
+                    v = c.wait_for(&id, want, Duration::from_secs(timeout)).await?;
                     if v["status"]["observedGeneration"].as_i64().unwrap_or(0) >= generation
                         || std::time::Instant::now() > deadline
                     {

@@ -184,6 +184,17 @@ async fn a_rest_provider_is_driven_end_to_end_and_a_broken_one_stalls_nobody() {
         Some("rest")
     );
 
+    // This provider does not declare pause: a pause is refused with the field and the reason.
+    let (code, v) = s
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/managed-services/{id}"),
+            Some(json!({"pause": true})),
+        )
+        .await;
+    assert_eq!(code, 422, "{v}");
+    assert_eq!(v["fields"][0]["path"], "pause");
+
     // A user change goes over PATCH; delete goes over DELETE and leaves nothing at the backend.
     let (code, v) = s
         .call(

@@ -489,15 +489,6 @@ async fn bad_input_gets_a_4xx_with_the_field_and_reason() {
         vec!["backups.enabled", "backups.intervalH"]
     );
 
-    let (code, v) =
-        post(json!({"teamId": 1, "name": "ok", "provider": {"name": "redis"}, "pause": true}))
-            .await;
-    assert_eq!(
-        (code, field_paths(&v)),
-        (422, vec!["pause".to_owned()]),
-        "{v}"
-    );
-
     // Malformed JSON is a 400 with the same error shape.
     let resp = s
         .http
@@ -608,4 +599,81 @@ async fn postgres_immutable_config_is_enforced() {
     )
     .await;
     s.wait_gone(&id, READY).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_releases_the_process_and_resume_keeps_the_data() {
+    let s = TestServer::start().await;
+    let pg = s.create(pg_body("pausable-pg", "17")).await;
+    let redis = s.create(redis_body("pausable-redis", "8")).await;
+    let (pg_id, redis_id) = (
+        pg["id"].as_str().unwrap().to_owned(),
+        redis["id"].as_str().unwrap().to_owned(),
+    );
+    s.wait_state(&pg_id, "synchronized", READY).await;
+    s.wait_state(&redis_id, "synchronized", READY).await;
+    let pg_env = s.env(&pg_id).await;
+    let url = pg_env["DATABASE_URL"].as_str().unwrap().to_owned();
+    let redis_env = s.env(&redis_id).await;
+    let port: u16 = redis_env["REDIS_PORT"].as_str().unwrap().parse().unwrap();
+    let pw = redis_env["REDIS_PASSWORD"].as_str().unwrap().to_owned();
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("create table kept (v text)")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    sqlx::query("insert into kept values ('before pause')")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+    assert_eq!(redis_cmd(port, &pw, &["SET", "kept", "yes"]).await, "+OK");
+
+    for id in [&pg_id, &redis_id] {
+        let (code, v) = s
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/api/managed-services/{id}"),
+                Some(json!({"pause": true})),
+            )
+            .await;
+        assert_eq!(code, 200, "{v}");
+    }
+    let paused = s.wait_state(&pg_id, "paused", READY).await;
+    s.wait_state(&redis_id, "paused", READY).await;
+    assert_eq!(paused["pause"], true);
+    assert_eq!(paused["status"]["details"]["running"], false);
+    assert!(
+        s.instance_pids().is_empty(),
+        "a paused service runs no process"
+    );
+    assert!(sqlx::PgConnection::connect(&url).await.is_err());
+
+    for id in [&pg_id, &redis_id] {
+        s.call(
+            reqwest::Method::PATCH,
+            &format!("/api/managed-services/{id}"),
+            Some(json!({"pause": false})),
+        )
+        .await;
+    }
+    s.wait_state(&pg_id, "synchronized", READY).await;
+    s.wait_state(&redis_id, "synchronized", READY).await;
+    assert_eq!(
+        pg_query_one(&url, "select v from kept").await,
+        "before pause"
+    );
+    assert_eq!(redis_cmd(port, &pw, &["GET", "kept"]).await, "yes");
+    let (_, events) = s
+        .get(&format!("/api/managed-services/{pg_id}/events?limit=100"))
+        .await;
+    let text = events.to_string();
+    for step in [
+        "synchronized -> pausing",
+        "pausing -> paused",
+        "paused -> unpausing",
+        "unpausing -> synchronized",
+    ] {
+        assert!(text.contains(step), "no '{step}' in {text}");
+    }
 }
