@@ -548,12 +548,17 @@ impl ProviderBackend for LocalBackend {
             restart |= *config != record.config;
             record.config = config.clone();
         }
-        let secrets_changed = patch.secrets.is_some() && patch.secrets != secrets;
-        let secrets = patch.secrets.clone().or(secrets).ok_or_else(|| {
-            BackendError::Failed(
-                "the instance's credentials are not known to the backend yet".into(),
-            )
-        })?;
+        let old_secrets = secrets;
+        let secrets_changed = patch.secrets.is_some() && patch.secrets != old_secrets;
+        let secrets = patch
+            .secrets
+            .clone()
+            .or(old_secrets.clone())
+            .ok_or_else(|| {
+                BackendError::Failed(
+                    "the instance's credentials are not known to the backend yet".into(),
+                )
+            })?;
         if let Some(pause) = patch.pause {
             restart |= pause != record.paused;
             record.paused = pause;
@@ -564,12 +569,31 @@ impl ProviderBackend for LocalBackend {
             st.record = Some(record.clone());
             st.secrets = Some(secrets.clone());
         }
-        if restart || secrets_changed {
+        let running = self.is_running(&slot, &dir);
+        if secrets_changed && !restart && running {
+            // A secret reset without downtime where the engine can take it live.
+            let ctx = self.ctx(&record)?;
+            let live = self
+                .engine
+                .rotate_secrets(&ctx, old_secrets.as_ref(), &secrets)
+                .await
+                .map_err(|e| BackendError::Failed(format!("applying new credentials: {e}")))?;
+            if live {
+                self.engine
+                    .write_config(&ctx, &secrets)
+                    .map_err(|e| BackendError::Failed(format!("writing config: {e}")))?;
+                tracing::info!(%id, "credentials changed without a restart");
+                return self.engine.probe(&ctx, &secrets).await.map_err(|e| {
+                    BackendError::Failed(format!("health check with the new credentials: {e}"))
+                });
+            }
+            restart = true;
+        }
+        if restart || (secrets_changed && !record.paused) {
             self.stop(&slot, &dir).await;
             if !record.paused {
-                // `first` re-runs bootstrap so changed credentials take effect.
-                self.start(&slot, &record, &secrets, secrets_changed)
-                    .await?;
+                // Bootstrap again (idempotent): credentials changed while stopped take effect.
+                self.start(&slot, &record, &secrets, true).await?;
             }
         }
         Ok(())

@@ -120,6 +120,16 @@ pub trait Engine: Send + Sync + 'static {
     async fn probe(&self, ctx: &InstanceCtx, secrets: &JsonMap) -> Result<()>;
     /// What consumers need to connect, without any secret.
     fn details(&self, ctx: &InstanceCtx) -> JsonMap;
+    /// Applies new credentials to the running server without a restart, when the engine can
+    /// (`old` is what the server has now, when known). Returns false when a restart is needed.
+    async fn rotate_secrets(
+        &self,
+        _ctx: &InstanceCtx,
+        _old: Option<&JsonMap>,
+        _new: &JsonMap,
+    ) -> Result<bool> {
+        Ok(false)
+    }
     /// The signal that asks the server for a fast, clean shutdown.
     fn stop_signal(&self) -> i32;
 }

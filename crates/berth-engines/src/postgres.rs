@@ -458,6 +458,18 @@ impl crate::Engine for Postgres {
         Ok(())
     }
 
+    async fn rotate_secrets(
+        &self,
+        ctx: &InstanceCtx,
+        _old: Option<&JsonMap>,
+        new: &JsonMap,
+    ) -> Result<bool> {
+        // ALTER ROLE through the admin socket: new connections need the new password at once,
+        // open ones stay; no restart.
+        self.bootstrap(ctx, new).await?;
+        Ok(true)
+    }
+
     async fn probe(&self, ctx: &InstanceCtx, secrets: &JsonMap) -> Result<()> {
         let opts = PgConnectOptions::new()
             .host("127.0.0.1")

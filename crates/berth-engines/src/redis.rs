@@ -22,6 +22,14 @@ impl Redis {
     }
 }
 
+/// The SHA-256 (hex) an ACL rule holds instead of the password.
+fn password_hash(password: &str) -> String {
+    Sha256::digest(password.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Sends one command in RESP and returns the first reply line (`+PONG`, `-NOAUTH ...`).
 async fn command(stream: &mut TcpStream, args: &[&str]) -> std::io::Result<String> {
     let mut req = format!("*{}\r\n", args.len());
@@ -70,10 +78,7 @@ impl crate::Engine for Redis {
         let memory_mib = ctx.plan_int("memory", 128).max(16);
         // Leave a quarter of the plan's memory for the process itself, buffers and forks.
         let maxmemory = (memory_mib * 3 / 4).max(8);
-        let hash: String = Sha256::digest(secret(secrets, "password")?.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash = password_hash(secret(secrets, "password")?);
         let conf = format!(
             "# Managed by Berth: rewritten before every start. Do not edit.\n\
              bind 127.0.0.1\n\
@@ -128,6 +133,38 @@ impl crate::Engine for Redis {
     async fn bootstrap(&self, _ctx: &InstanceCtx, _secrets: &JsonMap) -> Result<()> {
         // The password is in the config (as a hash): nothing more to set.
         Ok(())
+    }
+
+    async fn rotate_secrets(
+        &self,
+        ctx: &InstanceCtx,
+        old: Option<&JsonMap>,
+        new: &JsonMap,
+    ) -> Result<bool> {
+        // Only the current password opens an admin session; unknown (after a restart of Berth),
+        // the new one takes effect through a restart instead.
+        let Some(old_pw) = old.and_then(|o| o.get("password")).and_then(Value::as_str) else {
+            return Ok(false);
+        };
+        let unhealthy = |e: std::io::Error| EngineError::Unhealthy(format!("connecting: {e}"));
+        let mut s = connect(ctx.port).await.map_err(unhealthy)?;
+        if command(&mut s, &["AUTH", old_pw])
+            .await
+            .map_err(unhealthy)?
+            != "+OK"
+        {
+            return Ok(false);
+        }
+        let rule = format!("#{}", password_hash(secret(new, "password")?));
+        let reply = command(&mut s, &["ACL", "SETUSER", "default", "resetpass", &rule])
+            .await
+            .map_err(unhealthy)?;
+        if reply != "+OK" {
+            return Err(EngineError::Command(format!(
+                "ACL SETUSER was refused: {reply}"
+            )));
+        }
+        Ok(true)
     }
 
     async fn probe(&self, ctx: &InstanceCtx, secrets: &JsonMap) -> Result<()> {

@@ -677,3 +677,114 @@ async fn pause_releases_the_process_and_resume_keeps_the_data() {
         assert!(text.contains(step), "no '{step}' in {text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_reset_takes_effect_without_a_restart() {
+    let s = TestServer::start().await;
+    let pg = s.create(pg_body("rotate-pg", "16")).await;
+    let redis = s.create(redis_body("rotate-redis", "7")).await;
+    let (pg_id, redis_id) = (
+        pg["id"].as_str().unwrap().to_owned(),
+        redis["id"].as_str().unwrap().to_owned(),
+    );
+    s.wait_state(&pg_id, "synchronized", READY).await;
+    s.wait_state(&redis_id, "synchronized", READY).await;
+    let old_url = s.env(&pg_id).await["DATABASE_URL"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let redis_env = s.env(&redis_id).await;
+    let port: u16 = redis_env["REDIS_PORT"].as_str().unwrap().parse().unwrap();
+    let old_pw = redis_env["REDIS_PASSWORD"].as_str().unwrap().to_owned();
+    assert_eq!(redis_cmd(port, &old_pw, &["SET", "k", "v"]).await, "+OK");
+    let mut before = s.instance_pids();
+    before.sort();
+
+    for (id, body) in [
+        (
+            &pg_id,
+            json!({"secrets": {"userPassword": "a-brand-new-pg-password"}}),
+        ),
+        (
+            &redis_id,
+            json!({"secrets": {"password": "a-brand-new-redis-password"}}),
+        ),
+    ] {
+        let (code, v) = s
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/api/managed-services/{id}"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(code, 200, "{v}");
+        assert!(
+            !v.to_string().contains("a-brand-new"),
+            "a secret is never answered back"
+        );
+    }
+    let new_url = s.env(&pg_id).await["DATABASE_URL"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(new_url.contains("a-brand-new-pg-password"));
+    let deadline = std::time::Instant::now() + READY;
+    loop {
+        let pg_ok = sqlx::PgConnection::connect(&new_url).await.is_ok();
+        let redis_ok = redis_try(port, "a-brand-new-redis-password", &["PING"])
+            .await
+            .ok()
+            .as_deref()
+            == Some("+PONG");
+        if pg_ok && redis_ok {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new credentials not in effect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        sqlx::PgConnection::connect(&old_url).await.is_err(),
+        "the old PostgreSQL password stops working"
+    );
+    assert!(
+        redis_cmd(port, &old_pw, &["PING"])
+            .await
+            .starts_with("-WRONGPASS"),
+        "the old Redis password stops working"
+    );
+    assert_eq!(
+        redis_cmd(port, "a-brand-new-redis-password", &["GET", "k"]).await,
+        "v"
+    );
+    let mut after = s.instance_pids();
+    after.sort();
+    let servers = |pids: &[u32]| -> Vec<u32> {
+        pids.iter()
+            .copied()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| c.contains("-D") || c.contains("redis"))
+            })
+            .collect()
+    };
+    assert_eq!(
+        servers(&before),
+        servers(&after),
+        "no restart: the same server processes"
+    );
+    // The new password is not written anywhere in plaintext either.
+    let out = std::process::Command::new("grep")
+        .args(["-r", "-l", "a-brand-new"])
+        .arg(s.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.stdout.is_empty(),
+        "found in: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    s.wait_state(&pg_id, "synchronized", READY).await;
+}
