@@ -74,6 +74,15 @@ impl App {
         })
     }
 
+    /// The catalog entry of an existing service (409 if its provider was removed meanwhile).
+    fn entry_of(&self, svc: &Service) -> Result<Arc<CatalogEntry>, ApiError> {
+        self.catalog
+            .get(&svc.spec.provider.name, &svc.spec.provider.version)
+            .ok_or_else(|| {
+                ApiError::Conflict("the service's provider is no longer in the catalog".into())
+            })
+    }
+
     // ---- managed services -------------------------------------------------------------------
 
     pub async fn service_create(
@@ -224,12 +233,7 @@ impl App {
         if svc.deleted_at.is_some() {
             return Err(ApiError::Conflict(format!("service {id} is being deleted")));
         }
-        let entry = self
-            .catalog
-            .get(&svc.spec.provider.name, &svc.spec.provider.version)
-            .ok_or_else(|| {
-                ApiError::Conflict("the service's provider is no longer in the catalog".into())
-            })?;
+        let entry = self.entry_of(&svc)?;
         let def = &entry.def;
         let mut errors = Vec::new();
         let mut spec = svc.spec.clone();
@@ -398,12 +402,7 @@ impl App {
     pub async fn service_logs(&self, id: &str, lines: usize) -> Result<String, ApiError> {
         let id = parse_id(id)?;
         let svc = self.store.service_get(id).await?;
-        let entry = self
-            .catalog
-            .get(&svc.spec.provider.name, &svc.spec.provider.version)
-            .ok_or_else(|| {
-                ApiError::Conflict("the service's provider is no longer in the catalog".into())
-            })?;
+        let entry = self.entry_of(&svc)?;
         match entry.backend.logs(id, lines).await {
             Ok(Some(text)) => Ok(text),
             Ok(None) => Err(ApiError::NotImplemented(format!(
@@ -543,12 +542,7 @@ impl App {
         if svc.deleted_at.is_some() {
             return Err(ApiError::Conflict(format!("service {id} is being deleted")));
         }
-        let entry = self
-            .catalog
-            .get(&svc.spec.provider.name, &svc.spec.provider.version)
-            .ok_or_else(|| {
-                ApiError::Conflict("the service's provider is no longer in the catalog".into())
-            })?;
+        let entry = self.entry_of(&svc)?;
         if !entry.def.capabilities.backups {
             return Err(ApiError::invalid(
                 "backups",
