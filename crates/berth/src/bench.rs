@@ -452,3 +452,188 @@ pub async fn provision(args: BenchArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Polls the service until `state`.
+async fn wait_state(c: &Client, id: &str, state: &str) -> anyhow::Result<Value> {
+    let t0 = Instant::now();
+    loop {
+        let svc = c
+            .get(&format!("/api/managed-services/{id}"))
+            .await
+            .map_err(http_err)?;
+        match svc["status"]["state"].as_str() {
+            Some(s) if s == state => return Ok(svc),
+            Some("error") => bail!("service went to error: {}", svc["status"]["reason"]),
+            _ if t0.elapsed() > Duration::from_secs(60) => bail!("not {state} after 60 s"),
+            _ => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
+async fn set_pause(c: &Client, id: &str, pause: bool) -> anyhow::Result<()> {
+    c.call(
+        reqwest::Method::PATCH,
+        &format!("/api/managed-services/{id}"),
+        Some(&json!({"pause": pause})),
+    )
+    .await
+    .map_err(http_err)?;
+    Ok(())
+}
+
+/// `berth bench resume`: from `PATCH {"pause": false}` to the first successful query with the
+/// service's credentials, beside starting the same server binary on the same (paused) data
+/// directory without Berth, measured in the same run.
+pub async fn resume(args: BenchArgs) -> anyhow::Result<()> {
+    let installs = Installations::discover(&args.engines_dir);
+    let pg = installs
+        .newest(EngineKind::Postgres)
+        .context("no PostgreSQL installed; run scripts/setup.sh")?
+        .clone();
+    let redis = installs
+        .newest(EngineKind::Redis)
+        .context("no Redis/Valkey installed; run scripts/setup.sh")?
+        .clone();
+    let tmp = tempfile::Builder::new()
+        .prefix("berth-bench-")
+        .tempdir_in("/tmp")?;
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )?;
+    let dir = tmp.path().join("data");
+    std::fs::create_dir_all(&dir)?;
+    let server = start_server(&dir, &args.engines_dir).await?;
+    let c = &server.client;
+    println!(
+        "berth bench resume: {} runs each, {} {} and {} {}",
+        args.runs, pg.product, pg.major, redis.product, redis.full_version
+    );
+    println!("{:<48} {:>11} {:>11}", "", "median", "p95");
+    let (_, pg_id) = provision_once(c, &json!({"teamId": 1, "name": "pg", "provider": {"name": "postgres"}, "config": {"version": pg.major}})).await?;
+    let (_, redis_id) = provision_once(c, &json!({"teamId": 1, "name": "redis", "provider": {"name": "redis"}, "config": {"version": redis.major}})).await?;
+    let env = |id: String| async move {
+        c.call(
+            reqwest::Method::POST,
+            &format!("/api/managed-services/{id}/env"),
+            None,
+        )
+        .await
+        .map_err(http_err)
+    };
+    let pg_env = env(pg_id.clone()).await?;
+    let redis_env = env(redis_id.clone()).await?;
+    let url = pg_env["variables"]["DATABASE_URL"]
+        .as_str()
+        .context("no DATABASE_URL")?
+        .to_owned();
+    let redis_port: u16 = redis_env["variables"]["REDIS_PORT"]
+        .as_str()
+        .context("no REDIS_PORT")?
+        .parse()?;
+    let redis_pw = redis_env["variables"]["REDIS_PASSWORD"]
+        .as_str()
+        .context("no REDIS_PASSWORD")?
+        .to_owned();
+    let pg_data = dir.join("instances").join(&pg_id).join("data");
+    let redis_data = dir.join("instances").join(&redis_id).join("data");
+    let sock = tmp.path().join("sock");
+    std::fs::create_dir_all(&sock)?;
+    chown_to_instance_user(&sock)?;
+    let port = free_port()?;
+
+    let quiet = || unsafe { libc::sync() };
+    let (mut pg_ms, mut redis_ms, mut bare_pg_ms, mut bare_redis_ms) =
+        (vec![], vec![], vec![], vec![]);
+    for _ in 0..args.runs {
+        set_pause(c, &pg_id, true).await?;
+        set_pause(c, &redis_id, true).await?;
+        wait_state(c, &pg_id, "paused").await?;
+        wait_state(c, &redis_id, "paused").await?;
+
+        // Baselines: the same binaries on the same data, no Berth.
+        quiet();
+        let t0 = Instant::now();
+        let child = start_bare_postgres(&pg.server, &pg_data, &sock, port).await?;
+        bare_pg_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        stop(child);
+        quiet();
+        let t0 = Instant::now();
+        let child = as_instance_user(&redis.server)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--dir",
+            ])
+            .arg(&redis_data)
+            .stdout(Stdio::null())
+            .spawn()?;
+        while redis_ping(port, None).await.is_err() {
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("bare Redis did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        bare_redis_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        stop(child);
+
+        // Through Berth: PATCH, then the first successful query with the credentials.
+        quiet();
+        let t0 = Instant::now();
+        set_pause(c, &pg_id, false).await?;
+        loop {
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
+                sqlx::query("select 1").execute(&mut conn).await?;
+                pg_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+                conn.close().await?;
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                bail!("PostgreSQL did not resume");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        quiet();
+        let t0 = Instant::now();
+        set_pause(c, &redis_id, false).await?;
+        while redis_ping(redis_port, Some(&redis_pw)).await.is_err() {
+            if t0.elapsed() > Duration::from_secs(60) {
+                bail!("Redis did not resume");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        redis_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        wait_state(c, &pg_id, "synchronized").await?;
+        wait_state(c, &redis_id, "synchronized").await?;
+    }
+    row(
+        &format!("postgres {}: resume -> first query", pg.major),
+        &mut pg_ms,
+        Some(300.0),
+    );
+    row(
+        "  baseline: start on the same data (no Berth)",
+        &mut bare_pg_ms,
+        None,
+    );
+    row(
+        &format!("redis {}: resume -> first PING", redis.major),
+        &mut redis_ms,
+        Some(50.0),
+    );
+    row(
+        "  baseline: start on the same data (no Berth)",
+        &mut bare_redis_ms,
+        None,
+    );
+    if !args.keep {
+        delete_all(c, &[pg_id, redis_id]).await?;
+    }
+    Ok(())
+}

@@ -121,6 +121,16 @@ enum ProviderCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Resume from pause to the first query, for PostgreSQL and Redis.
+    Resume {
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        #[arg(long, env = "BERTH_ENGINES_DIR", default_value = "/opt/berth/engines")]
+        engines_dir: PathBuf,
+        /// Leave the services running at the end.
+        #[arg(long)]
+        keep: bool,
+    },
     /// POST to first query for PostgreSQL and Redis, and the server's memory with 50 services.
     Provision {
         #[arg(long, default_value_t = 20)]
@@ -316,6 +326,22 @@ fn main() {
                     keep,
                 };
                 exit_code(berth::bench::provision(args).await)
+            }
+            Cmd::Bench {
+                cmd:
+                    BenchCmd::Resume {
+                        runs,
+                        engines_dir,
+                        keep,
+                    },
+            } => {
+                let args = berth::bench::BenchArgs {
+                    runs,
+                    services_for_memory: 0,
+                    engines_dir,
+                    keep,
+                };
+                exit_code(berth::bench::resume(args).await)
             }
             cmd => {
                 let token = cli.token.or_else(default_token);
