@@ -75,6 +75,8 @@ pub enum ReconcileError {
     Backend(#[from] berth_backend::BackendError),
     #[error("backend call timed out after {0:?}")]
     Timeout(Duration),
+    #[error("the instance keeps crashing ({0} restarts)")]
+    CrashLoop(usize),
 }
 
 pub struct Reconciler {
@@ -88,7 +90,14 @@ pub struct Reconciler {
     /// Per service: consecutive failures and when to try again (the error policy's backoff).
     backoff: StdMutex<HashMap<ServiceId, (u32, tokio::time::Instant)>>,
     limiter: Semaphore,
+    /// Per service: when its instance was restarted lately (crash-loop detection).
+    restarts: StdMutex<HashMap<ServiceId, Vec<tokio::time::Instant>>>,
 }
+
+/// This many restarts within [`CRASH_LOOP_WINDOW`] make a crash loop: no more restarts until the
+/// window slides, the service shows `error`, and the error policy spaces the attempts.
+const CRASH_LOOP_RESTARTS: usize = 5;
+const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(60);
 
 impl Reconciler {
     pub fn new(
@@ -106,6 +115,7 @@ impl Reconciler {
             in_flight: StdMutex::new(HashSet::new()),
             backends_in_flight: StdMutex::new(HashSet::new()),
             backoff: StdMutex::new(HashMap::new()),
+            restarts: StdMutex::new(HashMap::new()),
         })
     }
 
@@ -186,6 +196,21 @@ impl Reconciler {
             });
         }
         status
+    }
+
+    /// Records a restart of `id`'s instance, unless it already had [`CRASH_LOOP_RESTARTS`]
+    /// within the window; answers the restarts within the window, this one included if made.
+    /// A refused restart is not counted, so the loop ends once the window has slid past.
+    fn count_restart(&self, id: ServiceId) -> (bool, usize) {
+        let now = tokio::time::Instant::now();
+        let mut all = self.restarts.lock().unwrap();
+        let times = all.entry(id).or_default();
+        times.retain(|t| now.duration_since(*t) < CRASH_LOOP_WINDOW);
+        if times.len() >= CRASH_LOOP_RESTARTS {
+            return (false, times.len());
+        }
+        times.push(now);
+        (true, times.len())
     }
 
     /// Marks `id` as being worked on; false when it already is, or is backing off.
@@ -300,6 +325,23 @@ impl Reconciler {
                 ),
                 Observation::Unavailable(e) => plan::unreachable(&svc, current.as_ref(), e, now()),
             };
+            if plan
+                .events
+                .iter()
+                .any(|e| e.name == "berth.instance.restarted")
+            {
+                let (allowed, restarts) = self.count_restart(svc.id);
+                if !allowed {
+                    // It keeps dying: show it and let the error policy space the next restarts.
+                    let why = format!(
+                        "crash loop: restarted {restarts} times in {}s; backing off",
+                        CRASH_LOOP_WINDOW.as_secs()
+                    );
+                    let failed = plan.failed(current.as_ref(), &why, now());
+                    self.record(&svc, current.as_ref(), &failed).await?;
+                    return Err(ReconcileError::CrashLoop(restarts));
+                }
+            }
             match self.execute(entry, &svc, &plan).await {
                 Ok(()) => {
                     self.record(&svc, current.as_ref(), &plan).await?;

@@ -788,3 +788,57 @@ async fn a_secret_reset_takes_effect_without_a_restart() {
     );
     s.wait_state(&pg_id, "synchronized", READY).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_keeps_dying_shows_error_and_is_not_restarted_in_a_loop() {
+    let s = TestServer::start().await;
+    let created = s.create(redis_body("flaky", "8")).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    s.wait_state(&id, "synchronized", READY).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut kills = 0;
+    loop {
+        let (_, v) = s.get(&format!("/api/managed-services/{id}")).await;
+        if v["status"]["state"] == "error" {
+            assert!(
+                v["status"]["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("crash loop"),
+                "{}",
+                v["status"]
+            );
+            break;
+        }
+        if let [pid] = s.instance_pids()[..] {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            kills += 1;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no crash loop detected after {kills} kills: {}",
+            v["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert!(
+        kills >= 6,
+        "the first five deaths are restarts: {kills} kills"
+    );
+    // It does not spin: no process comes back right away.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        s.instance_pids().is_empty(),
+        "restarted although in a crash loop"
+    );
+    let (_, events) = s
+        .get(&format!("/api/managed-services/{id}/events?limit=100"))
+        .await;
+    let restarts = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["eventName"] == "berth.instance.restarted")
+        .count();
+    assert_eq!(restarts, 5, "{events}");
+}
