@@ -276,11 +276,25 @@ impl LocalBackend {
         });
         let spawned = Instant::now();
         let deadline = spawned + self.host.cfg.start_timeout;
+        let data_dir = ctx.data_dir();
         let result = async {
-            self.engine
-                .wait_started(&ctx, deadline)
-                .await
-                .map_err(|e| fail("waiting for the server", e))?;
+            // Wait in short slices, so a server that exits during its start fails at once
+            // instead of after the whole start timeout.
+            loop {
+                let slice = (Instant::now() + Duration::from_millis(250)).min(deadline);
+                match self.engine.wait_started(&ctx, slice).await {
+                    Ok(()) => break,
+                    Err(_) if !process::alive(pid, &data_dir) => {
+                        return Err(BackendError::Failed(
+                            "the server exited while starting".into(),
+                        ));
+                    }
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(fail("waiting for the server", e))
+                    }
+                    Err(_) => {}
+                }
+            }
             let started = Instant::now();
             if first {
                 self.engine
