@@ -260,13 +260,24 @@ fn backup_failure(e: BackendError) -> Failure {
     }
 }
 
-fn backup_id(text: &str) -> Result<Uuid, Failure> {
-    Uuid::parse_str(text).map_err(|_| {
+/// What every backup call carries: the backend, the backup id and the backup body.
+type BackupCall = (Arc<dyn ProviderBackend>, Uuid, crate::BackupRequest);
+
+fn backup_call(
+    s: &Served,
+    provider: &str,
+    backup: &str,
+    body: &[u8],
+) -> Result<BackupCall, Failure> {
+    let b = backend(s, provider)?;
+    let id = Uuid::parse_str(backup).map_err(|_| {
         Failure(
             StatusCode::BAD_REQUEST,
             "the backup id must be a UUID".into(),
         )
-    })
+    })?;
+    let req: BackupBody = parse_json(body)?;
+    Ok((b, id, req.into()))
 }
 
 async fn backup_start(
@@ -274,11 +285,8 @@ async fn backup_start(
     Path((provider, backup)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Result<Response, Failure> {
-    let b = backend(&s, &provider)?;
-    let req: BackupBody = parse_json(&body)?;
-    b.backup_start(backup_id(&backup)?, &req.into())
-        .await
-        .map_err(backup_failure)?;
+    let (b, id, req) = backup_call(&s, &provider, &backup, &body)?;
+    b.backup_start(id, &req).await.map_err(backup_failure)?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
@@ -287,12 +295,8 @@ async fn backup_status(
     Path((provider, backup)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Result<Response, Failure> {
-    let b = backend(&s, &provider)?;
-    let req: BackupBody = parse_json(&body)?;
-    let state = b
-        .backup_status(backup_id(&backup)?, &req.into())
-        .await
-        .map_err(backup_failure)?;
+    let (b, id, req) = backup_call(&s, &provider, &backup, &body)?;
+    let state = b.backup_status(id, &req).await.map_err(backup_failure)?;
     Ok(Json(BackupStatusBody::from(state)).into_response())
 }
 
@@ -301,10 +305,7 @@ async fn backup_delete(
     Path((provider, backup)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Result<Response, Failure> {
-    let b = backend(&s, &provider)?;
-    let req: BackupBody = parse_json(&body)?;
-    b.backup_delete(backup_id(&backup)?, &req.into())
-        .await
-        .map_err(backup_failure)?;
+    let (b, id, req) = backup_call(&s, &provider, &backup, &body)?;
+    b.backup_delete(id, &req).await.map_err(backup_failure)?;
     Ok(StatusCode::ACCEPTED.into_response())
 }

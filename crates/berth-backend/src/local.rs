@@ -136,10 +136,6 @@ impl LocalHost {
         &self.installs
     }
 
-    pub fn cgroups(&self) -> &Cgroups {
-        &self.cgroups
-    }
-
     fn dir(&self, id: Uuid) -> PathBuf {
         self.cfg.data_dir.join("instances").join(id.to_string())
     }

@@ -127,8 +127,4 @@ impl Catalog {
     pub fn all(&self) -> Vec<Arc<CatalogEntry>> {
         self.snapshot()
     }
-
-    pub fn backends(&self) -> Vec<Arc<CatalogEntry>> {
-        self.snapshot()
-    }
 }

@@ -154,7 +154,7 @@ impl Reconciler {
         status.services = services.len();
         let mut by_entry: HashMap<(String, String), (Arc<CatalogEntry>, Vec<Service>)> =
             HashMap::new();
-        for entry in self.catalog.backends() {
+        for entry in self.catalog.all() {
             by_entry.insert(
                 (entry.def.name.clone(), entry.def.version.clone()),
                 (entry.clone(), Vec::new()),
@@ -174,7 +174,7 @@ impl Reconciler {
                         let this = self.clone();
                         tokio::spawn(async move {
                             let id = svc.id;
-                            let result = this.reconcile(svc, None).await;
+                            let result = this.reconcile_unknown(svc).await;
                             this.finish(id, result);
                         });
                     }
@@ -289,11 +289,7 @@ impl Reconciler {
     }
 
     /// Reconciles a service whose provider is not in the catalog (it only records that).
-    async fn reconcile(
-        &self,
-        svc: Service,
-        _obs: Option<Observation>,
-    ) -> Result<(), ReconcileError> {
+    async fn reconcile_unknown(&self, svc: Service) -> Result<(), ReconcileError> {
         let current = self.store.status_get(svc.id).await?;
         let plan = plan::invalid_provider(&svc, current.as_ref(), now());
         if matches!(plan.action, Action::Purge) {

@@ -255,26 +255,55 @@ fn chown_to_instance_user(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What every benchmark starts from: the newest installed engines and a fresh `berth server`
+/// on a temporary data dir the instances' user can traverse.
+struct Setup {
+    pg: berth_engines::Installation,
+    redis: berth_engines::Installation,
+    tmp: tempfile::TempDir,
+    dir: PathBuf,
+    server: Server,
+}
+
+impl Setup {
+    async fn new(args: &BenchArgs) -> anyhow::Result<Self> {
+        let installs = Installations::discover(&args.engines_dir);
+        let newest = |kind, what| {
+            installs
+                .newest(kind)
+                .cloned()
+                .with_context(|| format!("no {what} installed; run scripts/setup.sh"))
+        };
+        let pg = newest(EngineKind::Postgres, "PostgreSQL")?;
+        let redis = newest(EngineKind::Redis, "Redis/Valkey")?;
+        let tmp = tempfile::Builder::new()
+            .prefix("berth-bench-")
+            .tempdir_in("/tmp")?;
+        std::fs::set_permissions(
+            tmp.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )?;
+        let dir = tmp.path().join("data");
+        std::fs::create_dir_all(&dir)?;
+        let server = start_server(&dir, &args.engines_dir).await?;
+        Ok(Self {
+            pg,
+            redis,
+            tmp,
+            dir,
+            server,
+        })
+    }
+}
+
 pub async fn provision(args: BenchArgs) -> anyhow::Result<()> {
-    let installs = Installations::discover(&args.engines_dir);
-    let pg = installs
-        .newest(EngineKind::Postgres)
-        .context("no PostgreSQL installed; run scripts/setup.sh")?
-        .clone();
-    let redis = installs
-        .newest(EngineKind::Redis)
-        .context("no Redis/Valkey installed; run scripts/setup.sh")?
-        .clone();
-    let tmp = tempfile::Builder::new()
-        .prefix("berth-bench-")
-        .tempdir_in("/tmp")?;
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o711),
-    )?;
-    let dir = tmp.path().join("data");
-    std::fs::create_dir_all(&dir)?;
-    let server = start_server(&dir, &args.engines_dir).await?;
+    let Setup {
+        pg,
+        redis,
+        tmp,
+        dir,
+        server,
+    } = Setup::new(&args).await?;
     let c = &server.client;
     println!(
         "berth bench provision: {} runs each, {} and {} {}, data dir on {}",
@@ -485,25 +514,13 @@ async fn set_pause(c: &Client, id: &str, pause: bool) -> anyhow::Result<()> {
 /// service's credentials, beside starting the same server binary on the same (paused) data
 /// directory without Berth, measured in the same run.
 pub async fn resume(args: BenchArgs) -> anyhow::Result<()> {
-    let installs = Installations::discover(&args.engines_dir);
-    let pg = installs
-        .newest(EngineKind::Postgres)
-        .context("no PostgreSQL installed; run scripts/setup.sh")?
-        .clone();
-    let redis = installs
-        .newest(EngineKind::Redis)
-        .context("no Redis/Valkey installed; run scripts/setup.sh")?
-        .clone();
-    let tmp = tempfile::Builder::new()
-        .prefix("berth-bench-")
-        .tempdir_in("/tmp")?;
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o711),
-    )?;
-    let dir = tmp.path().join("data");
-    std::fs::create_dir_all(&dir)?;
-    let server = start_server(&dir, &args.engines_dir).await?;
+    let Setup {
+        pg,
+        redis,
+        tmp,
+        dir,
+        server,
+    } = Setup::new(&args).await?;
     let c = &server.client;
     println!(
         "berth bench resume: {} runs each, {} {} and {} {}",
