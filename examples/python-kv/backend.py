@@ -188,6 +188,9 @@ class Handler(BaseHTTPRequestHandler):
         src = os.path.join(self.store.path(body["msId"]), "data.json")
         dest = os.path.join(self.store.root, "_backups", bid + ".json")
         if method == "PUT" and action == "":
+            where = (body.get("config") or {}).get("destinationPath", "local")
+            if where != "local":  # this example keeps backups on its own disk only
+                return self.error(400, "destinationPath %r is not supported; use 'local'" % where)
             if not os.path.exists(src):
                 return self.error(404, "no instance %s" % body["msId"])
             os.makedirs(os.path.dirname(dest), exist_ok=True)

@@ -310,17 +310,31 @@ impl App {
         self.view(updated).await
     }
 
-    pub async fn service_delete(&self, id: &str) -> Result<ManagedServiceView, ApiError> {
+    pub async fn service_delete(
+        &self,
+        id: &str,
+        skip_final_backup: bool,
+    ) -> Result<ManagedServiceView, ApiError> {
         let id = parse_id(id)?;
         let now = OffsetDateTime::now_utc();
         let before = self.store.service_get(id).await?;
-        let svc = self.store.service_mark_deleted(id, now).await?;
-        if before.deleted_at.is_none() {
+        let svc = self
+            .store
+            .service_mark_deleted(id, now, skip_final_backup)
+            .await?;
+        if svc.generation != before.generation {
+            let body = match (before.deleted_at.is_none(), svc.spec.backups.enabled) {
+                (true, true) => {
+                    "delete requested; credentials destroyed; a final backup comes first"
+                }
+                (true, false) => "delete requested; credentials destroyed",
+                (false, _) => "the final backup is skipped; the instance is removed now",
+            };
             let ev = Event::new(
                 id,
                 "berth.service.delete_requested",
                 Severity::Info,
-                "delete requested; credentials destroyed",
+                body,
                 now,
             )
             .with_attr("berth.generation", svc.generation);

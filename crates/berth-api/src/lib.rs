@@ -161,15 +161,28 @@ async fn services_patch(
     Ok(Json(s.app.service_patch(&id, req).await?))
 }
 
-/// Delete a managed service: its credentials are destroyed at once, its instance and data next.
-#[utoipa::path(delete, path = "/api/managed-services/{id}", params(("id" = String, Path)),
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteQuery {
+    /// Delete at once without the final backup (backups are turned off). Also ends a delete
+    /// whose final backup keeps failing.
+    #[serde(default)]
+    pub skip_final_backup: bool,
+}
+
+/// Delete a managed service. Its credentials are destroyed at once. Without backups the instance
+/// and its data go next and the record is purged; with backups a final backup is taken and
+/// confirmed first, and the record and its backups are kept for `deleteRetentionDays`.
+#[utoipa::path(delete, path = "/api/managed-services/{id}", params(("id" = String, Path), DeleteQuery),
     responses((status = 202, body = ManagedServiceView), (status = 404, body = berth_types::api::ErrorBody)),
     security(("bearer" = [])), tag = "managed-services")]
 async fn services_delete(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    Q(q): Q<DeleteQuery>,
 ) -> Result<Response, ApiError> {
-    let view = s.app.service_delete(&id).await?;
+    let view = s.app.service_delete(&id, q.skip_final_backup).await?;
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
 

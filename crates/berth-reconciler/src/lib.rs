@@ -44,6 +44,8 @@ pub struct Config {
     pub parallelism: usize,
     /// How long one backend call may take before it counts as failed.
     pub backend_timeout: Duration,
+    /// The length of one day of `deleteRetentionDays`: a day, except in tests of the reaper.
+    pub retention_day: Duration,
 }
 
 impl Default for Config {
@@ -53,6 +55,7 @@ impl Default for Config {
             ready_deadline: Duration::from_secs(60),
             parallelism: 8,
             backend_timeout: Duration::from_secs(60),
+            retention_day: Duration::from_secs(86_400),
         }
     }
 }
@@ -98,6 +101,10 @@ pub struct Reconciler {
 /// window slides, the service shows `error`, and the error policy spaces the attempts.
 const CRASH_LOOP_RESTARTS: usize = 5;
 const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(60);
+
+/// How long a soft-deleted service and its backups are kept when `deleteRetentionDays` is not
+/// given (docs/api.md).
+pub const DEFAULT_RETENTION_DAYS: u32 = 7;
 
 impl Reconciler {
     pub fn new(
@@ -312,6 +319,30 @@ impl Reconciler {
         for _ in 0..4 {
             let current = self.store.status_get(svc.id).await?;
             let plan = match &obs {
+                _ if svc.deleted_at.is_some() => {
+                    let soft = entry.def.capabilities.backups && svc.spec.backups.enabled;
+                    let finals = if soft {
+                        self.final_backups(&svc).await?
+                    } else {
+                        Vec::new()
+                    };
+                    let days = svc
+                        .spec
+                        .backups
+                        .delete_retention_days
+                        .unwrap_or(DEFAULT_RETENTION_DAYS);
+                    let deletion = plan::Deletion {
+                        soft,
+                        finals: &finals,
+                        retention: time::Duration::try_from(self.cfg.retention_day * days)
+                            .unwrap_or(time::Duration::MAX),
+                    };
+                    let observed = match &obs {
+                        Observation::Seen(o) => Ok(o.as_deref()),
+                        Observation::Unavailable(e) => Err(e.as_str()),
+                    };
+                    plan::plan_delete(&svc, current.as_ref(), observed, &deletion, now())
+                }
                 Observation::Seen(o) => plan::plan(
                     &svc,
                     current.as_ref(),
@@ -400,67 +431,130 @@ impl Reconciler {
         if pending.is_empty() {
             return Ok(());
         }
+        let req = self.backup_request(svc).await?;
+        for b in pending {
+            self.advance_backup(entry, svc, &req, b).await?;
+        }
+        Ok(())
+    }
+
+    /// The backups scheduled since the service was deleted: the final backup's attempts.
+    async fn final_backups(&self, svc: &Service) -> Result<Vec<BackupEntry>, ReconcileError> {
+        let deleted_at = svc.deleted_at.unwrap_or_else(now);
+        let mut list = self.store.backup_list(svc.id).await?;
+        list.retain(|b| b.scheduled_at >= deleted_at);
+        Ok(list)
+    }
+
+    /// Starts a new final backup, or moves the one under way on (one step either way).
+    async fn final_backup_step(
+        &self,
+        entry: &CatalogEntry,
+        svc: &Service,
+    ) -> Result<(), ReconcileError> {
+        let finals = self.final_backups(svc).await?;
+        let b = match finals.last() {
+            Some(b) if b.confirmed_at.is_none() && b.error.is_none() => b.clone(),
+            _ => {
+                let b = BackupEntry {
+                    id: uuid::Uuid::new_v4(),
+                    scheduled_at: now(),
+                    initiated_at: None,
+                    confirmed_at: None,
+                    error: None,
+                };
+                self.store.backup_insert(svc.id, &b).await?;
+                let ev = Event::new(
+                    svc.id,
+                    "berth.backup.final_requested",
+                    Severity::Info,
+                    format!(
+                        "final backup {} requested; the instance is removed once it is confirmed",
+                        b.id
+                    ),
+                    now(),
+                );
+                self.store.status_record(svc.id, None, &[ev]).await?;
+                b
+            }
+        };
+        let req = self.backup_request(svc).await?;
+        self.advance_backup(entry, svc, &req, b).await
+    }
+
+    async fn backup_request(&self, svc: &Service) -> Result<BackupRequest, ReconcileError> {
         let secrets = self.store.secrets_get(svc.id).await?;
-        let req = BackupRequest {
+        Ok(BackupRequest {
             ms_id: svc.id,
             team_id: svc.spec.team_id,
-            config: settings
+            config: svc
+                .spec
+                .backups
                 .config
                 .as_ref()
                 .and_then(|c| c.as_object().cloned())
                 .unwrap_or_default(),
             secrets: secrets.backups,
-            retention_days: settings.delete_retention_days,
-        };
-        for mut b in pending {
-            let mut events = Vec::new();
-            if b.initiated_at.is_none() {
-                match self.call(entry.backend.backup_start(b.id, &req)).await {
-                    Ok(()) => b.initiated_at = Some(now()),
-                    Err(e) => {
-                        b.error = Some(e.to_string());
-                        events.push(Event::new(
-                            svc.id,
-                            "berth.backup.failed",
-                            Severity::Error,
-                            format!("backup {} could not start: {e}", b.id),
-                            now(),
-                        ));
-                    }
-                }
-            } else {
-                match self.call(entry.backend.backup_status(b.id, &req)).await {
-                    Ok(st) if st.exists => {
-                        b.confirmed_at = Some(now());
-                        events.push(Event::new(
-                            svc.id,
-                            "berth.backup.confirmed",
-                            Severity::Info,
-                            format!("backup {} confirmed by the backend", b.id),
-                            now(),
-                        ));
-                    }
-                    Ok(BackupState { error: Some(e), .. }) => {
-                        b.error = Some(e.clone());
-                        events.push(Event::new(
-                            svc.id,
-                            "berth.backup.failed",
-                            Severity::Error,
-                            format!("backup {} failed: {e}", b.id),
-                            now(),
-                        ));
-                    }
-                    Ok(_) => continue, // still running: asked again next pass
-                    Err(e) => {
-                        tracing::warn!(service = %svc.id, backup = %b.id, error = %e, "backup status");
-                        continue;
-                    }
+            retention_days: svc.spec.backups.delete_retention_days,
+        })
+    }
+
+    /// One step of one backup: start it, or ask the backend whether it is confirmed. The outcome
+    /// (initiated, confirmed, or the reason it failed) is recorded on the entry, with an event.
+    async fn advance_backup(
+        &self,
+        entry: &CatalogEntry,
+        svc: &Service,
+        req: &BackupRequest,
+        mut b: BackupEntry,
+    ) -> Result<(), ReconcileError> {
+        let mut events = Vec::new();
+        if b.initiated_at.is_none() {
+            match self.call(entry.backend.backup_start(b.id, req)).await {
+                Ok(()) => b.initiated_at = Some(now()),
+                Err(e) => {
+                    b.error = Some(e.to_string());
+                    events.push(Event::new(
+                        svc.id,
+                        "berth.backup.failed",
+                        Severity::Error,
+                        format!("backup {} could not start: {e}", b.id),
+                        now(),
+                    ));
                 }
             }
-            self.store.backup_update(&b).await?;
-            if !events.is_empty() {
-                self.store.status_record(svc.id, None, &events).await?;
+        } else {
+            match self.call(entry.backend.backup_status(b.id, req)).await {
+                Ok(st) if st.exists => {
+                    b.confirmed_at = Some(now());
+                    events.push(Event::new(
+                        svc.id,
+                        "berth.backup.confirmed",
+                        Severity::Info,
+                        format!("backup {} confirmed by the backend", b.id),
+                        now(),
+                    ));
+                }
+                Ok(BackupState { error: Some(e), .. }) => {
+                    b.error = Some(e.clone());
+                    events.push(Event::new(
+                        svc.id,
+                        "berth.backup.failed",
+                        Severity::Error,
+                        format!("backup {} failed: {e}", b.id),
+                        now(),
+                    ));
+                }
+                Ok(_) => return Ok(()), // still running: asked again next pass
+                Err(e) => {
+                    tracing::warn!(service = %svc.id, backup = %b.id, error = %e, "backup status");
+                    return Ok(());
+                }
             }
+        }
+        self.store.backup_update(&b).await?;
+        if !events.is_empty() {
+            self.store.status_record(svc.id, None, &events).await?;
         }
         Ok(())
     }
@@ -516,7 +610,22 @@ impl Reconciler {
                 self.call(entry.backend.update(svc.id, &patch)).await
             }
             Action::Delete => self.call(entry.backend.delete(svc.id)).await,
-            Action::Purge => Ok(self.store.service_purge(svc.id).await?),
+            Action::FinalBackup => self.final_backup_step(entry, svc).await,
+            Action::Purge => {
+                // The reaper: the backups go first, so a failure leaves the record to show it
+                // and to retry from.
+                if entry.def.capabilities.backups {
+                    let list = self.store.backup_list(svc.id).await?;
+                    if list.iter().any(|b| b.initiated_at.is_some()) {
+                        let req = self.backup_request(svc).await?;
+                        for b in list.iter().filter(|b| b.initiated_at.is_some()) {
+                            self.call(entry.backend.backup_delete(b.id, &req)).await?;
+                        }
+                    }
+                }
+                tracing::info!(service = %svc.id, "purged: the service's records and backups are gone");
+                Ok(self.store.service_purge(svc.id).await?)
+            }
         }
     }
 

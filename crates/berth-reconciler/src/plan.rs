@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use berth_backend::InstanceStatus;
-use berth_types::{Service, ServiceState, ServiceStatus, Severity};
+use berth_types::{BackupEntry, Service, ServiceState, ServiceStatus, Severity};
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -17,7 +17,10 @@ pub enum Action {
     /// Send the whole desired plan, config, secrets and pause.
     Update,
     Delete,
-    /// The instance is gone: remove the service's records.
+    /// Take the final backup of a deleted service, or follow the one under way.
+    FinalBackup,
+    /// The instance is gone and the retention is over: remove the service's backups at the
+    /// backend, then its records (the reaper's step).
     Purge,
 }
 
@@ -86,6 +89,7 @@ impl Plan {
             Action::Create => "create",
             Action::Update => "update",
             Action::Delete => "delete",
+            Action::FinalBackup => "final backup",
             Action::Purge => "purge",
             Action::None => "observe",
         };
@@ -94,6 +98,12 @@ impl Plan {
             Severity::Error,
             format!("{what} failed: {error}"),
         );
+        if self.action == Action::Purge {
+            // The instance is gone already: the service stays `deleted`, with the reason, and the
+            // reaper tries again after the backoff.
+            p.status.reason = Some(format!("{what} failed: {error}; retrying"));
+            return p;
+        }
         p.transition(
             ServiceState::Error,
             Some(format!("{what} failed: {error}")),
@@ -139,17 +149,112 @@ pub fn unreachable(
     now: OffsetDateTime,
 ) -> Plan {
     let mut p = Plan::new(Action::None, base(current, now));
-    if svc.deleted_at.is_some() {
-        // Try anyway: the delete fails the same way and backs off, or the backend is back.
-        p.action = Action::Delete;
-        p.transition(ServiceState::Deleted, None, now);
-        return p;
-    }
+    debug_assert!(
+        svc.deleted_at.is_none(),
+        "deleted services go through plan_delete"
+    );
     p.transition(
         ServiceState::Error,
         Some(format!("backend unreachable: {error}")),
         now,
     );
+    p
+}
+
+/// What a deleted service's plan depends on besides its status and its instance.
+#[derive(Debug, Clone)]
+pub struct Deletion<'a> {
+    /// Backups are on (and the provider takes them): a confirmed final backup comes before the
+    /// removal, and the record and its backups are kept for `retention`.
+    pub soft: bool,
+    /// The final backup's attempts (the backups scheduled since the delete), oldest first.
+    pub finals: &'a [BackupEntry],
+    pub retention: time::Duration,
+}
+
+/// How long to wait after the `failed`-th failed final backup before the next attempt.
+pub fn final_backup_backoff(failed: usize) -> time::Duration {
+    let secs = 15u64
+        .saturating_mul(1 << failed.saturating_sub(1).min(8))
+        .min(3600);
+    time::Duration::seconds(secs as i64)
+}
+
+/// Decides the next step for a deleted service.
+///
+/// Without backups: delete the instance, then purge the records. With backups: take a final
+/// backup and see it confirmed, delete the instance, keep the record (`deleted`, listed with
+/// `includeDeleted`) and its backups for the retention, then purge both. The backend is always
+/// told to delete, even when it shows no instance: a create whose outcome was in doubt may still
+/// land there, and a delete of an unknown id is a no-op.
+pub fn plan_delete(
+    svc: &Service,
+    current: Option<&ServiceStatus>,
+    observed: Result<Option<&InstanceStatus>, &str>,
+    d: &Deletion<'_>,
+    now: OffsetDateTime,
+) -> Plan {
+    let mut p = Plan::new(Action::None, base(current, now));
+    let deleted_at = svc.deleted_at.unwrap_or(now);
+    if p.status.state == ServiceState::Deleted {
+        // The instance was removed; purge once it is not listed and the retention is over.
+        if matches!(observed, Ok(None)) && (!d.soft || now >= deleted_at + d.retention) {
+            p.action = Action::Purge;
+        }
+        return p;
+    }
+    if d.soft {
+        match observed {
+            Err(e) => {
+                p.transition(
+                    ServiceState::Error,
+                    Some(format!("backend unreachable, the final backup waits: {e}")),
+                    now,
+                );
+                return p;
+            }
+            Ok(Some(_)) => match d.finals.last() {
+                Some(b) if b.confirmed_at.is_some() => {}
+                Some(b) if b.error.is_some() => {
+                    let failed = d.finals.iter().filter(|b| b.error.is_some()).count();
+                    let next = b.scheduled_at + final_backup_backoff(failed);
+                    let reason = format!(
+                        "final backup failed ({failed} attempts): {}; the instance is kept, next attempt at {}",
+                        b.error.as_deref().unwrap_or_default(),
+                        next.format(&time::format_description::well_known::Rfc3339)
+                            .unwrap_or_default()
+                    );
+                    // The same failure gives the same reason: one event per failed attempt.
+                    p.transition(ServiceState::Error, Some(reason), now);
+                    if now >= next {
+                        p.action = Action::FinalBackup;
+                    }
+                    return p;
+                }
+                _ => {
+                    p.action = Action::FinalBackup;
+                    p.transition(ServiceState::Deleting, None, now);
+                    return p;
+                }
+            },
+            Ok(None) => {} // nothing runs, so nothing to back up
+        }
+    }
+    p.action = Action::Delete;
+    p.transition(ServiceState::Deleted, None, now);
+    if d.soft {
+        let until = deleted_at + d.retention;
+        p.event(
+            "berth.service.retained",
+            Severity::Info,
+            format!(
+                "instance removed; the record and its backups are kept until {}",
+                until
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            ),
+        );
+    }
     p
 }
 
@@ -165,19 +270,10 @@ pub fn plan(
     let state = p.status.state;
     let generation = svc.generation;
 
-    if svc.deleted_at.is_some() {
-        // The backend is always told, even when it shows no instance: a create whose outcome was
-        // in doubt may still land there, and a delete of an unknown id is a no-op.
-        match (state, observed) {
-            (ServiceState::Deleted, None) => p.action = Action::Purge,
-            (ServiceState::Deleted, Some(_)) => {} // the backend is still removing it
-            _ => {
-                p.action = Action::Delete;
-                p.transition(ServiceState::Deleted, None, now);
-            }
-        }
-        return p;
-    }
+    debug_assert!(
+        svc.deleted_at.is_none(),
+        "deleted services go through plan_delete"
+    );
 
     let Some(o) = observed else {
         if matches!(
@@ -467,27 +563,150 @@ mod tests {
         assert_eq!(f.events[0].name, "berth.backend.failed");
     }
 
+    const HARD: Deletion<'static> = Deletion {
+        soft: false,
+        finals: &[],
+        retention: time::Duration::ZERO,
+    };
+
     #[test]
     fn deletes_remove_the_instance_then_the_records() {
         let mut s = svc(2);
         s.deleted_at = Some(at(0));
         let synced = status(ServiceState::Synchronized, 1);
-        let p = plan(&s, Some(&synced), Some(&inst(true, true)), DEADLINE, at(1));
+        let running = inst(true, true);
+        let p = plan_delete(&s, Some(&synced), Ok(Some(&running)), &HARD, at(1));
         assert_eq!(
             (p.action.clone(), p.status.state),
             (Action::Delete, ServiceState::Deleted)
         );
         // Still listed by the backend (an asynchronous delete): wait.
-        let waiting = plan(
+        let stopping = inst(false, false);
+        let waiting = plan_delete(&s, Some(&p.status), Ok(Some(&stopping)), &HARD, at(2));
+        assert_eq!(waiting.action, Action::None);
+        let p = plan_delete(&s, Some(&p.status), Ok(None), &HARD, at(2));
+        assert_eq!(p.action, Action::Purge);
+    }
+
+    fn backup(scheduled: i64, confirmed: bool, error: Option<&str>) -> BackupEntry {
+        BackupEntry {
+            id: uuid::Uuid::new_v4(),
+            scheduled_at: at(scheduled),
+            initiated_at: Some(at(scheduled)),
+            confirmed_at: confirmed.then(|| at(scheduled + 1)),
+            error: error.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_soft_delete_waits_for_a_confirmed_final_backup_then_keeps_the_record() {
+        let mut s = svc(2);
+        s.deleted_at = Some(at(0));
+        let running = inst(true, true);
+        let day = time::Duration::days(7);
+        let soft = |finals| Deletion {
+            soft: true,
+            finals,
+            retention: day,
+        };
+        let synced = status(ServiceState::Synchronized, 1);
+        // No final backup yet: take one; the instance stays.
+        let p = plan_delete(&s, Some(&synced), Ok(Some(&running)), &soft(&[]), at(1));
+        assert_eq!(
+            (p.action.clone(), p.status.state),
+            (Action::FinalBackup, ServiceState::Deleting)
+        );
+        // Under way: follow it.
+        let started = [backup(1, false, None)];
+        let p = plan_delete(
             &s,
             Some(&p.status),
-            Some(&inst(false, false)),
-            DEADLINE,
+            Ok(Some(&running)),
+            &soft(&started),
             at(2),
         );
-        assert_eq!(waiting.action, Action::None);
-        let p = plan(&s, Some(&p.status), None, DEADLINE, at(2));
-        assert_eq!(p.action, Action::Purge);
+        assert_eq!(p.action, Action::FinalBackup);
+        // Failed: shown as error, the instance kept, a new attempt after the backoff.
+        let failed = [backup(1, false, Some("S3 said 403"))];
+        let p = plan_delete(
+            &s,
+            Some(&p.status),
+            Ok(Some(&running)),
+            &soft(&failed),
+            at(3),
+        );
+        assert_eq!(
+            (p.action.clone(), p.status.state),
+            (Action::None, ServiceState::Error)
+        );
+        assert!(
+            p.status.reason.as_deref().unwrap().contains("S3 said 403"),
+            "{:?}",
+            p.status.reason
+        );
+        assert_eq!(p.events.len(), 1);
+        let again = plan_delete(
+            &s,
+            Some(&p.status),
+            Ok(Some(&running)),
+            &soft(&failed),
+            at(4),
+        );
+        assert!(again.events.is_empty(), "one event per failure");
+        let p = plan_delete(
+            &s,
+            Some(&p.status),
+            Ok(Some(&running)),
+            &soft(&failed),
+            at(16),
+        );
+        assert_eq!(p.action, Action::FinalBackup);
+        // Confirmed: the instance goes, the record stays for the retention.
+        let done = [
+            backup(1, false, Some("S3 said 403")),
+            backup(17, true, None),
+        ];
+        let p = plan_delete(
+            &s,
+            Some(&p.status),
+            Ok(Some(&running)),
+            &soft(&done),
+            at(20),
+        );
+        assert_eq!(
+            (p.action.clone(), p.status.state),
+            (Action::Delete, ServiceState::Deleted)
+        );
+        assert!(p.events.iter().any(|e| e.name == "berth.service.retained"));
+        let kept = plan_delete(&s, Some(&p.status), Ok(None), &soft(&done), at(6 * 86400));
+        assert_eq!(kept.action, Action::None);
+        let reaped = plan_delete(&s, Some(&p.status), Ok(None), &soft(&done), at(7 * 86400));
+        assert_eq!(reaped.action, Action::Purge);
+    }
+
+    #[test]
+    fn the_final_backup_backs_off_and_an_unreachable_backend_keeps_the_instance() {
+        assert_eq!(final_backup_backoff(1), time::Duration::seconds(15));
+        assert_eq!(final_backup_backoff(3), time::Duration::seconds(60));
+        assert_eq!(final_backup_backoff(40), time::Duration::seconds(3600));
+        let mut s = svc(2);
+        s.deleted_at = Some(at(0));
+        let d = Deletion {
+            soft: true,
+            finals: &[],
+            retention: time::Duration::days(1),
+        };
+        let p = plan_delete(
+            &s,
+            Some(&status(ServiceState::Synchronized, 1)),
+            Err("connection refused"),
+            &d,
+            at(1),
+        );
+        assert_eq!(
+            (p.action, p.status.state),
+            (Action::None, ServiceState::Error)
+        );
     }
 
     #[test]
@@ -541,13 +760,11 @@ mod tests {
         // A create timed out (outcome unknown), then the user deleted the service.
         let mut s = svc(2);
         s.deleted_at = Some(at(0));
-        let p = plan(
-            &s,
-            Some(&status(ServiceState::Creating, 1)),
-            None,
-            DEADLINE,
-            at(1),
-        );
+        let creating = status(ServiceState::Creating, 1);
+        let p = plan_delete(&s, Some(&creating), Ok(None), &HARD, at(1));
+        assert_eq!(p.action, Action::Delete);
+        // Also when the backend cannot be asked: the delete fails the same way and backs off.
+        let p = plan_delete(&s, Some(&creating), Err("timed out"), &HARD, at(1));
         assert_eq!(p.action, Action::Delete);
     }
 

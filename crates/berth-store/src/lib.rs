@@ -68,9 +68,17 @@ pub trait Store: Send + Sync + 'static {
         spec: &ServiceSpec,
         secrets: Option<&Secrets>,
     ) -> Result<Service>;
-    /// Records the user's delete: sets `deleted_at`, bumps the generation, destroys the secrets
-    /// except what a final backup needs (none yet).
-    async fn service_mark_deleted(&self, id: ServiceId, at: OffsetDateTime) -> Result<Service>;
+    /// Records the user's delete: sets `deleted_at`, bumps the generation, destroys the service's
+    /// secrets (the backup settings' secrets stay while backups are on: the final backup and the
+    /// removal of the backups at the end of the retention need them). With `skip_final_backup`,
+    /// backups are turned off, so the delete is immediate; that may also follow an earlier delete
+    /// whose final backup keeps failing. Otherwise a repeated delete changes nothing.
+    async fn service_mark_deleted(
+        &self,
+        id: ServiceId,
+        at: OffsetDateTime,
+        skip_final_backup: bool,
+    ) -> Result<Service>;
     /// Removes every trace of a service whose instance is gone (status, secrets, events).
     async fn service_purge(&self, id: ServiceId) -> Result<()>;
 

@@ -74,6 +74,14 @@ impl SqliteStore {
         self.cipher.seal(&plain, id.to_string().as_bytes())
     }
 
+    fn unseal(&self, id: ServiceId, sealed: &[u8]) -> Result<Secrets> {
+        let plain = self
+            .cipher
+            .open(sealed, id.to_string().as_bytes())
+            .ok_or(StoreError::Unseal)?;
+        serde_json::from_slice(&plain).map_err(|e| corrupt("secrets", e))
+    }
+
     fn row_to_service(row: &sqlx::sqlite::SqliteRow) -> Result<Service> {
         let id: String = row.try_get("id")?;
         let spec: String = row.try_get("spec")?;
@@ -221,16 +229,13 @@ impl Store for SqliteStore {
         Self::row_to_service(&row)
     }
 
-    async fn service_mark_deleted(&self, id: ServiceId, at: OffsetDateTime) -> Result<Service> {
+    async fn service_mark_deleted(
+        &self,
+        id: ServiceId,
+        at: OffsetDateTime,
+        skip_final_backup: bool,
+    ) -> Result<Service> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE services SET deleted_at = ?, generation = generation + 1
-             WHERE id = ? AND deleted_at IS NULL",
-        )
-        .bind(ts(at))
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await?;
         let row = sqlx::query(&format!(
             "SELECT {SERVICE_COLUMNS} FROM services WHERE id = ?"
         ))
@@ -238,16 +243,47 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(StoreError::NotFound(id))?;
-        if done.rows_affected() > 0 {
-            // The credentials are destroyed with the delete: nothing can reveal them again.
-            sqlx::query("UPDATE service_secrets SET sealed = ? WHERE service_id = ?")
-                .bind(self.seal(id, &Secrets::default()))
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await?;
+        let mut svc = Self::row_to_service(&row)?;
+        let first = svc.deleted_at.is_none();
+        let skip = skip_final_backup && svc.spec.backups.enabled;
+        if !first && !skip {
+            return Ok(svc); // a repeated delete changes nothing
         }
+        if skip {
+            svc.spec.backups.enabled = false;
+        }
+        svc.deleted_at = Some(svc.deleted_at.unwrap_or(at));
+        svc.generation += 1;
+        sqlx::query("UPDATE services SET deleted_at = ?, generation = ?, spec = ? WHERE id = ?")
+            .bind(ts(svc.deleted_at.unwrap()))
+            .bind(svc.generation)
+            .bind(serde_json::to_string(&svc.spec).expect("spec serializes to JSON"))
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        // The credentials are destroyed with the delete: nothing can reveal them again. Only what
+        // the final backup and the removal of the backups need is kept, until the purge.
+        let kept = if svc.spec.backups.enabled {
+            let sealed: Vec<u8> =
+                sqlx::query_scalar("SELECT sealed FROM service_secrets WHERE service_id = ?")
+                    .bind(id.to_string())
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let old = self.unseal(id, &sealed)?;
+            Secrets {
+                backups: old.backups,
+                ..Secrets::default()
+            }
+        } else {
+            Secrets::default()
+        };
+        sqlx::query("UPDATE service_secrets SET sealed = ? WHERE service_id = ?")
+            .bind(self.seal(id, &kept))
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Self::row_to_service(&row)
+        Ok(svc)
     }
 
     async fn service_purge(&self, id: ServiceId) -> Result<()> {
@@ -275,11 +311,7 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await?
                 .ok_or(StoreError::NotFound(id))?;
-        let plain = self
-            .cipher
-            .open(&sealed, id.to_string().as_bytes())
-            .ok_or(StoreError::Unseal)?;
-        serde_json::from_slice(&plain).map_err(|e| corrupt("secrets", e))
+        self.unseal(id, &sealed)
     }
 
     async fn status_get(&self, id: ServiceId) -> Result<Option<ServiceStatus>> {

@@ -129,9 +129,12 @@ async fn suite(store: &dyn Store) {
     assert_eq!(next[0].1.body, "event 2");
 
     // delete: hidden from the default list, secrets destroyed, name free again
-    let d = store.service_mark_deleted(a.id, now).await.unwrap();
+    let d = store.service_mark_deleted(a.id, now, false).await.unwrap();
     assert!(d.deleted_at.is_some());
     assert_eq!(d.generation, 3);
+    // A repeated delete changes nothing.
+    let again = store.service_mark_deleted(a.id, now, false).await.unwrap();
+    assert_eq!(again, d);
     assert_eq!(store.secrets_get(a.id).await.unwrap(), Secrets::default());
     assert!(store.service_list(Some(1), false).await.unwrap().is_empty());
     assert_eq!(store.service_list(Some(1), true).await.unwrap().len(), 1);
@@ -140,6 +143,41 @@ async fn suite(store: &dyn Store) {
         store.service_update(a.id, 3, &a.spec, None).await,
         Err(StoreError::Conflict(_))
     ));
+
+    // delete with backups on: the backup secrets stay for the final backup, until a delete that
+    // skips it turns backups off and destroys them too
+    let mut with_backups = spec(4, "kept");
+    with_backups.backups.enabled = true;
+    let c = store
+        .service_insert(
+            &NewService {
+                id: Uuid::new_v4(),
+                spec: with_backups,
+                created_at: now,
+            },
+            &Secrets {
+                service: secrets("pw-c-123456789").service,
+                backups: json!({"secretKey": "s3-secret"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            },
+            &ServiceStatus::new(ServiceState::Creating, 1, now),
+        )
+        .await
+        .unwrap();
+    let d = store.service_mark_deleted(c.id, now, false).await.unwrap();
+    assert!(d.spec.backups.enabled);
+    let kept = store.secrets_get(c.id).await.unwrap();
+    assert!(kept.service.is_empty());
+    assert_eq!(kept.backups["secretKey"], "s3-secret");
+    let later = now + time::Duration::seconds(5);
+    let d = store.service_mark_deleted(c.id, later, true).await.unwrap();
+    assert!(!d.spec.backups.enabled);
+    assert_eq!(d.deleted_at, Some(now), "the first delete's time stays");
+    assert_eq!(d.generation, 3);
+    assert_eq!(store.service_get(c.id).await.unwrap(), d);
+    assert_eq!(store.secrets_get(c.id).await.unwrap(), Secrets::default());
 
     // providers: registered, secret sealed apart, duplicates refused, delete refused while used
     let kv = |secret: &str| {

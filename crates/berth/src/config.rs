@@ -21,6 +21,8 @@ pub struct ServerConfig {
     pub instance_user: String,
     /// A directory of `provider.yml` files (custom providers), loaded at start.
     pub providers_dir: Option<PathBuf>,
+    /// One day of `deleteRetentionDays`: a day, shorter only in tests of the reaper.
+    pub retention_day: Duration,
 }
 
 /// The optional settings of a TOML file (same names as the flags, with underscores).
@@ -37,6 +39,7 @@ pub struct FileConfig {
     pub reconcile_period_ms: Option<u64>,
     pub instance_user: Option<String>,
     pub providers_dir: Option<PathBuf>,
+    pub retention_day_secs: Option<u64>,
 }
 
 impl FileConfig {
@@ -91,6 +94,13 @@ impl ServerConfig {
                 .or(file.instance_user)
                 .unwrap_or_else(|| "berth".into()),
             providers_dir: overrides.providers_dir.or(file.providers_dir),
+            retention_day: Duration::from_secs(
+                overrides
+                    .retention_day_secs
+                    .or(file.retention_day_secs)
+                    .unwrap_or(86_400)
+                    .max(1),
+            ),
         }
     }
 }

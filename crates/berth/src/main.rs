@@ -168,6 +168,9 @@ struct ServerArgs {
     /// The OS user instances run as when Berth runs as root.
     #[arg(long, env = "BERTH_INSTANCE_USER")]
     instance_user: Option<String>,
+    /// Seconds in one day of `deleteRetentionDays` (86400). Shorter only to test the reaper.
+    #[arg(long, env = "BERTH_RETENTION_DAY_SECS", hide = true)]
+    retention_day_secs: Option<u64>,
     /// A directory of provider.yml files for custom (REST) providers.
     #[arg(long, env = "BERTH_PROVIDERS_DIR")]
     providers_dir: Option<PathBuf>,
@@ -250,14 +253,18 @@ enum ServicesCmd {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
-    /// Delete a service: credentials at once, instance and data next.
+    /// Delete a service: credentials at once, instance and data next. With backups on, a final
+    /// backup comes first and the record and backups are kept for the retention.
     Delete {
         service: String,
         #[arg(long)]
         team: Option<i64>,
-        /// Wait until the service is gone.
+        /// Wait until the instance is gone (the service is purged, or `deleted` in retention).
         #[arg(long)]
         wait: bool,
+        /// Delete at once, without the final backup (turns backups off).
+        #[arg(long)]
+        skip_final_backup: bool,
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
@@ -458,6 +465,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         master_key_file: args.master_key_file,
         ready_deadline_secs: args.ready_deadline_secs,
         instance_user: args.instance_user,
+        retention_day_secs: args.retention_day_secs,
         providers_dir: args.providers_dir,
         ..Default::default()
     };
@@ -649,6 +657,7 @@ async fn services(c: &Client, cmd: ServicesCmd, output: Output) -> CliResult<()>
             service,
             team,
             wait,
+            skip_final_backup,
             timeout,
         } => {
             let svc = c.resolve(&service, team).await?;
@@ -656,7 +665,7 @@ async fn services(c: &Client, cmd: ServicesCmd, output: Output) -> CliResult<()>
             let v = c
                 .call(
                     reqwest::Method::DELETE,
-                    &format!("/api/managed-services/{id}"),
+                    &format!("/api/managed-services/{id}?skipFinalBackup={skip_final_backup}"),
                     None,
                 )
                 .await?;
@@ -666,6 +675,7 @@ async fn services(c: &Client, cmd: ServicesCmd, output: Output) -> CliResult<()>
                     match c.get(&format!("/api/managed-services/{id}")).await {
                         Err(e) if e.code == 4 => break,
                         Err(e) => return Err(e),
+                        Ok(v) if v["status"]["state"] == "deleted" => break,
                         Ok(_) if start.elapsed() > Duration::from_secs(timeout) => {
                             return Err(CliError::new(
                                 7,

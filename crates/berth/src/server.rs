@@ -365,6 +365,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         berth_reconciler::Config {
             period: cfg.reconcile_period,
             ready_deadline: cfg.ready_deadline,
+            retention_day: cfg.retention_day,
             ..Default::default()
         },
         changed,

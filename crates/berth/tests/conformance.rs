@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// A child process killed when the test ends, however it ends.
 struct Guard(Child);
@@ -144,7 +144,7 @@ async fn the_python_example_passes_the_kit_and_runs_through_berth() {
     assert!(text.contains("20 passed, 0 failed"), "{text}");
 
     // Registered through the API and driven end to end.
-    let s = TestServer::start().await;
+    let s = TestServer::start_with(|c| c.retention_day = Duration::from_secs(2)).await;
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/python-kv/provider.yml"
@@ -164,7 +164,7 @@ async fn the_python_example_passes_the_kit_and_runs_through_berth() {
     assert_eq!(v["warnings"], json!([]));
     let created = s
         .create(json!({"teamId": 3, "name": "ns", "provider": {"name": "kv"}, "config": {"label": "orders"},
-                       "backups": {"enabled": true, "deleteRetentionDays": 7, "config": {"destinationPath": "local"}}}))
+                       "backups": {"enabled": true, "deleteRetentionDays": 2, "config": {"destinationPath": "local"}}}))
         .await;
     let id = created["id"].as_str().unwrap().to_owned();
     let svc = s
@@ -257,17 +257,87 @@ async fn the_python_example_passes_the_kit_and_runs_through_berth() {
         assert!(bodies.contains(step), "no '{step}' in {bodies}");
     }
 
-    s.call(
-        reqwest::Method::DELETE,
-        &format!("/api/managed-services/{id}"),
-        None,
-    )
-    .await;
-    s.wait_gone(&id, Duration::from_secs(20)).await;
+    // Backups are on: a delete takes a final backup, confirmed before the namespace goes, and
+    // keeps the record (listed with includeDeleted) for deleteRetentionDays, here 2 "days" of 2 s.
+    let (code, v) = s.call(reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(code, 202, "{v}");
+    let gone = s.wait_state(&id, "deleted", Duration::from_secs(20)).await;
+    let deleted_at = gone["status"]["deletedAt"].as_str().unwrap().to_owned();
+    let finals: Vec<Value> = gone["backups"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["scheduledAt"].as_str().unwrap() >= deleted_at.as_str())
+        .cloned()
+        .collect();
+    assert_eq!(finals.len(), 1, "{gone}");
+    assert!(finals[0].get("confirmedAt").is_some(), "{gone}");
+    let final_file = dir
+        .path()
+        .join("_backups")
+        .join(format!("{}.json", finals[0]["id"].as_str().unwrap()));
+    assert!(final_file.exists(), "the final backup is at the backend");
     assert!(
         !dir.path().join(&id).exists(),
         "the namespace is removed at the backend"
     );
+    let (_, listed) = s.get("/api/managed-services?team=3").await;
+    assert_eq!(listed, json!([]));
+    let (_, listed) = s
+        .get("/api/managed-services?team=3&includeDeleted=true")
+        .await;
+    assert_eq!(listed[0]["id"], id.as_str());
+    let (_, events) = s.get(&format!("{path}/events?limit=100")).await;
+    let names: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["eventName"].as_str().unwrap())
+        .collect();
+    for name in [
+        "berth.service.delete_requested",
+        "berth.backup.final_requested",
+        "berth.service.retained",
+    ] {
+        assert!(names.contains(&name), "no {name} in {names:?}");
+    }
+    // The reaper: after the retention the record and the backups are gone.
+    s.wait_gone(&id, Duration::from_secs(30)).await;
+    assert!(!final_file.exists(), "the reaper removes the backups");
+    assert!(!dir
+        .path()
+        .join("_backups")
+        .join(format!("{backup}.json"))
+        .exists());
+
+    // A final backup that fails keeps the instance and says why; skipping it deletes at once.
+    let created = s
+        .create(json!({"teamId": 3, "name": "nowhere", "provider": {"name": "kv"},
+                       "backups": {"enabled": true, "config": {"destinationPath": "s3://elsewhere/"}}}))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/managed-services/{id}");
+    s.wait_state(&id, "synchronized", Duration::from_secs(30))
+        .await;
+    s.call(reqwest::Method::DELETE, &path, None).await;
+    let failed = s.wait_state(&id, "error", Duration::from_secs(20)).await;
+    let reason = failed["status"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("final backup failed") && reason.contains("not supported"),
+        "{reason}"
+    );
+    assert!(dir.path().join(&id).exists(), "the instance is kept");
+    let (code, v) = s
+        .call(
+            reqwest::Method::DELETE,
+            &format!("{path}?skipFinalBackup=true"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 202, "{v}");
+    assert_eq!(v["backups"]["enabled"], false);
+    s.wait_gone(&id, Duration::from_secs(20)).await;
+    assert!(!dir.path().join(&id).exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
