@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: installs what is missing (scripts/setup.sh), then
+# The whole test suite, from a fresh clone: installs what is missing (scripts/setup.sh, and the
+# test-only tools of scripts/test-tools.sh), then
 # checks formatting and lints and runs every test, which start real PostgreSQL and
 # Redis/Valkey instances. Ends with one line: "N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+./scripts/test-tools.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log=$(mktemp)

@@ -105,8 +105,11 @@ impl App {
             errors.push(FieldError::new("teamId", "must be a positive integer"));
         }
         if req.recover_from.is_some() {
-            return Err(ApiError::NotImplemented(
-                "recoverFrom: restoring from a backup is not available yet".into(),
+            // A well-formed request this server cannot serve yet: 422 on the field, like any
+            // other unsupported value, rather than a 5xx.
+            errors.push(FieldError::new(
+                "recoverFrom",
+                "restoring from a backup is not available yet",
             ));
         }
         if req.pause == Some(true) && !def.capabilities.pause {
@@ -210,12 +213,20 @@ impl App {
         team: Option<i64>,
         include_deleted: bool,
     ) -> Result<Vec<ManagedServiceView>, ApiError> {
-        let services = self.store.service_list(team, include_deleted).await?;
-        let mut out = Vec::with_capacity(services.len());
-        for svc in services {
-            out.push(self.view(svc).await?);
-        }
-        Ok(out)
+        // Lists carry no recentEvents (an empty array): at 500 services they would be most of
+        // the answer and of its cost. `GET /api/managed-services/{id}` has them.
+        let records = self
+            .store
+            .service_list_full(team, include_deleted, 0)
+            .await?;
+        Ok(records
+            .into_iter()
+            .map(|r| {
+                let mut view = to_view(r.service, r.status, r.recent_events);
+                view.backups.entries = r.backups;
+                view
+            })
+            .collect())
     }
 
     pub async fn service_get(&self, id: &str) -> Result<ManagedServiceView, ApiError> {

@@ -190,6 +190,7 @@ async fn services_delete(
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// Only events older than this cursor (`nextBefore` of the previous page).
     pub before: Option<i64>,
@@ -206,17 +207,16 @@ pub struct EventsPage {
 
 /// The service's events log, newest first, paged.
 #[utoipa::path(get, path = "/api/managed-services/{id}/events", params(("id" = String, Path), EventsQuery),
-    responses((status = 200, body = EventsPage), (status = 404, body = berth_types::api::ErrorBody)),
+    responses((status = 200, body = EventsPage), (status = 404, body = berth_types::api::ErrorBody),
+        (status = 422, body = berth_types::api::ErrorBody)),
     security(("bearer" = [])), tag = "managed-services")]
 async fn services_events(
     State(s): State<AppState>,
     Path(id): Path<String>,
     Q(q): Q<EventsQuery>,
 ) -> Result<Json<EventsPage>, ApiError> {
-    let (events, next_before) = s
-        .app
-        .service_events(&id, q.limit.unwrap_or(50), q.before)
-        .await?;
+    let limit = in_range(q.limit.map(u64::from), 50, "limit", 1, 500)?;
+    let (events, next_before) = s.app.service_events(&id, limit as u32, q.before).await?;
     Ok(Json(EventsPage {
         events,
         next_before,
@@ -226,29 +226,43 @@ async fn services_events(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct LogsQuery {
-    /// How many of the last lines (default 200, at most 5000).
-    pub lines: Option<usize>,
+    /// How many of the last lines, 1 to 5000 (default 200).
+    #[param(minimum = 1, maximum = 5000)]
+    pub lines: Option<u64>,
 }
 
 /// The tail of the instance's server log, as plain text.
 #[utoipa::path(get, path = "/api/managed-services/{id}/logs", params(("id" = String, Path), LogsQuery),
     responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = berth_types::api::ErrorBody),
-        (status = 501, body = berth_types::api::ErrorBody)),
+        (status = 422, body = berth_types::api::ErrorBody), (status = 501, body = berth_types::api::ErrorBody)),
     security(("bearer" = [])), tag = "managed-services")]
 async fn services_logs(
     State(s): State<AppState>,
     Path(id): Path<String>,
     Q(q): Q<LogsQuery>,
 ) -> Result<String, ApiError> {
-    s.app
-        .service_logs(&id, q.lines.unwrap_or(200).min(5000))
-        .await
+    let lines = in_range(q.lines, 200, "lines", 1, 5000)?;
+    s.app.service_logs(&id, lines as usize).await
+}
+
+/// A query number, or its default; outside `lo..=hi` a 422 on the parameter (never clamped
+/// silently: the caller would get something else than asked for).
+fn in_range(v: Option<u64>, default: u64, name: &str, lo: u64, hi: u64) -> Result<u64, ApiError> {
+    let v = v.unwrap_or(default);
+    if !(lo..=hi).contains(&v) {
+        return Err(ApiError::invalid(
+            name,
+            format!("must be between {lo} and {hi}"),
+        ));
+    }
+    Ok(v)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EnvQuery {
     /// Variable name prefix; `DEFAULT` (the default) also yields the bare names.
+    #[param(pattern = "^[A-Za-z0-9_]+$")]
     pub prefix: Option<String>,
 }
 
@@ -256,7 +270,7 @@ pub struct EnvQuery {
 /// Reveals the credentials, so it is a POST and is recorded in the events log.
 #[utoipa::path(post, path = "/api/managed-services/{id}/env", params(("id" = String, Path), EnvQuery),
     responses((status = 200, body = EnvView), (status = 404, body = berth_types::api::ErrorBody),
-        (status = 409, body = berth_types::api::ErrorBody)),
+        (status = 409, body = berth_types::api::ErrorBody), (status = 422, body = berth_types::api::ErrorBody)),
     security(("bearer" = [])), tag = "managed-services")]
 async fn services_env(
     State(s): State<AppState>,

@@ -2,6 +2,7 @@
 //! that a test keeps equal to this (`BLESS=1 cargo test -p berth-api openapi` rewrites it).
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
@@ -27,6 +28,46 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        // What every operation may answer, documented once here: 400 for a request that cannot
+        // be read (a body that is not JSON, a query value of the wrong type) and 401 without a
+        // valid token. The API fuzzer in CI holds the service to this list.
+        let common = [
+            (
+                "400",
+                "The request cannot be read: malformed JSON, wrong content type, bad query",
+            ),
+            ("401", "Missing or invalid bearer token"),
+        ];
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for (code, why) in common {
+                    op.responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| {
+                            ResponseBuilder::new()
+                                .description(why)
+                                .content(
+                                    "application/json",
+                                    ContentBuilder::new()
+                                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                                        .build(),
+                                )
+                                .build()
+                                .into()
+                        });
+                }
+            }
+        }
     }
 }
 

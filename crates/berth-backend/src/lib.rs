@@ -111,6 +111,20 @@ impl BackendError {
     }
 }
 
+/// How an update took effect on the instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateEffect {
+    /// Recorded; nothing running had to change (a paused instance takes it at resume, a pause
+    /// or resume shows in the state changes).
+    Recorded,
+    /// Applied to the running instance without a restart; says how.
+    Live(String),
+    /// The instance was restarted to apply it; says why.
+    Restarted(String),
+    /// The backend does not say (the REST contract has no answer body for PATCH).
+    Unknown,
+}
+
 pub type Result<T, E = BackendError> = std::result::Result<T, E>;
 
 #[async_trait]
@@ -121,7 +135,8 @@ pub trait ProviderBackend: Send + Sync + 'static {
     async fn status(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, InstanceStatus>>;
     /// Creates the instance, or, when it exists, makes sure it runs as specified (idempotent).
     async fn create(&self, spec: &InstanceSpec) -> Result<()>;
-    async fn update(&self, id: Uuid, patch: &InstancePatch) -> Result<()>;
+    /// Applies a patch; answers how it took effect, for the service's events.
+    async fn update(&self, id: Uuid, patch: &InstancePatch) -> Result<UpdateEffect>;
     /// Removes the instance and its data; an unknown id counts as done.
     async fn delete(&self, id: Uuid) -> Result<()>;
     /// Starts backup `backup` of an instance (the contract's `PUT /backups/{id}`); optional.

@@ -25,6 +25,7 @@ use uuid::Uuid;
 use crate::limits::Cgroups;
 use crate::{
     process, BackendError, InstancePatch, InstanceSpec, InstanceStatus, ProviderBackend, Result,
+    UpdateEffect,
 };
 
 /// What is persisted per instance, in `instance.json`.
@@ -113,17 +114,25 @@ impl LocalHost {
             let record: Option<Record> = std::fs::read(dir.join("instance.json"))
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
+            // The pid file, else whatever server works in the directory (a crash between the
+            // spawn and the pid file); a second one is a duplicate and goes.
+            // A half-made instance (its create never finished) keeps no process: the next create
+            // makes it again from scratch.
+            let initialized = record.as_ref().is_some_and(|r| r.initialized);
             let pid = std::fs::read_to_string(dir.join("run/berth.pid"))
                 .ok()
                 .and_then(|s| s.trim().parse::<u32>().ok())
-                .filter(|pid| process::alive(*pid, &dir));
+                .filter(|pid| process::alive(*pid, &dir))
+                .or_else(|| process::servers_in(&dir).first().copied())
+                .filter(|_| initialized);
+            process::kill_others_in(&dir, pid);
             if let Some(r) = &record {
                 host.reserved_ports.lock().unwrap().insert(r.port);
             }
             let slot = Slot::default();
             {
                 let mut st = slot.state.lock().unwrap();
-                st.healthy = pid.is_some() && record.as_ref().is_some_and(|r| r.initialized);
+                st.healthy = pid.is_some();
                 st.record = record;
                 st.pid = pid;
             }
@@ -238,14 +247,15 @@ impl LocalBackend {
             ctx.plan_int("memory", 256),
             ctx.plan_int("cpu", 5),
         );
-        let mut limits = JsonMap::new();
-        limits.insert("enforced".into(), Value::from(applied.enforced.clone()));
-        if !applied.not_enforced.is_empty() {
-            limits.insert(
-                "notEnforced".into(),
-                Value::from(applied.not_enforced.clone()),
-            );
-        }
+        let limits = limits_details(&applied);
+        // Nothing else may work in the data directory (or hold the port): a server a crash left
+        // unrecorded is stopped first.
+        process::stop_all_in(
+            &ctx.data_dir(),
+            self.engine.stop_signal(),
+            Duration::from_secs(5),
+        )
+        .await;
         let launch = self.engine.launch(&ctx);
         let mut child = process::spawn(
             &launch,
@@ -350,6 +360,12 @@ impl LocalBackend {
             )
             .await;
         }
+        process::stop_all_in(
+            &dir.join("data"),
+            self.engine.stop_signal(),
+            Duration::from_secs(10),
+        )
+        .await;
         slot.state.lock().unwrap().healthy = false;
     }
 
@@ -461,6 +477,19 @@ impl LocalBackend {
     }
 }
 
+/// `details.limits`: what the host enforces of the plan, and what it cannot.
+fn limits_details(applied: &crate::limits::Applied) -> JsonMap {
+    let mut limits = JsonMap::new();
+    limits.insert("enforced".into(), Value::from(applied.enforced.clone()));
+    if !applied.not_enforced.is_empty() {
+        limits.insert(
+            "notEnforced".into(),
+            Value::from(applied.not_enforced.clone()),
+        );
+    }
+    limits
+}
+
 /// The last `n` lines of a log file, joined, for error messages.
 fn log_tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -528,23 +557,21 @@ impl ProviderBackend for LocalBackend {
         }
     }
 
-    async fn update(&self, id: Uuid, patch: &InstancePatch) -> Result<()> {
+    async fn update(&self, id: Uuid, patch: &InstancePatch) -> Result<UpdateEffect> {
         let slot = self
             .host
             .existing_slot(id)
             .ok_or(BackendError::NotFound(id))?;
         let _op = slot.op.lock().await;
-        let (mut record, secrets) = {
+        let (old, old_secrets) = {
             let st = slot.state.lock().unwrap();
             (
                 st.record.clone().ok_or(BackendError::NotFound(id))?,
                 st.secrets.clone(),
             )
         };
-        let dir = self.host.dir(id);
-        let mut restart = false;
+        let mut record = old.clone();
         if let Some(plan) = &patch.plan {
-            restart |= *plan != record.plan;
             record.plan = plan.clone();
         }
         if let Some(config) = &patch.config {
@@ -555,10 +582,11 @@ impl ProviderBackend for LocalBackend {
                     "changing the major version of a running service is not supported yet".into(),
                 ));
             }
-            restart |= *config != record.config;
             record.config = config.clone();
         }
-        let old_secrets = secrets;
+        if let Some(pause) = patch.pause {
+            record.paused = pause;
+        }
         let secrets_changed = patch.secrets.is_some() && patch.secrets != old_secrets;
         let secrets = patch
             .secrets
@@ -569,44 +597,108 @@ impl ProviderBackend for LocalBackend {
                     "the instance's credentials are not known to the backend yet".into(),
                 )
             })?;
-        if let Some(pause) = patch.pause {
-            restart |= pause != record.paused;
-            record.paused = pause;
-        }
+        let dir = self.host.dir(id);
         write_record(&dir, &record)?;
         {
             let mut st = slot.state.lock().unwrap();
             st.record = Some(record.clone());
             st.secrets = Some(secrets.clone());
         }
-        let running = self.is_running(&slot, &dir);
-        if secrets_changed && !restart && running {
-            // A secret reset without downtime where the engine can take it live.
+        if record.paused {
+            // Pausing (or changed while paused): nothing runs; the next start takes it all,
+            // credentials included (bootstrap is idempotent).
+            self.stop(&slot, &dir).await;
+            return Ok(UpdateEffect::Recorded);
+        }
+        if !self.is_running(&slot, &dir) {
+            self.start(&slot, &record, &secrets, true).await?;
+            return Ok(if old.paused {
+                UpdateEffect::Recorded
+            } else {
+                UpdateEffect::Restarted("the instance was not running".into())
+            });
+        }
+        // Running, and stays running: live where the engine can, else one restart.
+        let mut live = Vec::new();
+        let mut why = Vec::new();
+        if record.config != old.config {
+            why.push("the config changed".to_owned());
+        }
+        if secrets_changed && why.is_empty() {
             let ctx = self.ctx(&record)?;
-            let live = self
+            let rotated = self
                 .engine
                 .rotate_secrets(&ctx, old_secrets.as_ref(), &secrets)
                 .await
                 .map_err(|e| BackendError::Failed(format!("applying new credentials: {e}")))?;
-            if live {
+            if rotated {
                 self.engine
                     .write_config(&ctx, &secrets)
                     .map_err(|e| BackendError::Failed(format!("writing config: {e}")))?;
-                tracing::info!(%id, "credentials changed without a restart");
-                return self.engine.probe(&ctx, &secrets).await.map_err(|e| {
+                self.engine.probe(&ctx, &secrets).await.map_err(|e| {
                     BackendError::Failed(format!("health check with the new credentials: {e}"))
-                });
-            }
-            restart = true;
-        }
-        if restart || (secrets_changed && !record.paused) {
-            self.stop(&slot, &dir).await;
-            if !record.paused {
-                // Bootstrap again (idempotent): credentials changed while stopped take effect.
-                self.start(&slot, &record, &secrets, true).await?;
+                })?;
+                live.push("new credentials applied live; the old ones no longer work".to_owned());
+            } else {
+                why.push(
+                    "the new credentials need a restart (the current ones are not known)".into(),
+                );
             }
         }
-        Ok(())
+        if record.plan != old.plan && why.is_empty() {
+            let (old_ctx, ctx) = (self.ctx(&old)?, self.ctx(&record)?);
+            let pid = slot.state.lock().unwrap().pid.unwrap_or_default();
+            self.engine
+                .write_config(&ctx, &secrets)
+                .map_err(|e| BackendError::Failed(format!("writing config: {e}")))?;
+            let applied =
+                self.host
+                    .cgroups
+                    .apply(id, ctx.plan_int("memory", 256), ctx.plan_int("cpu", 5));
+            slot.state.lock().unwrap().limits = limits_details(&applied);
+            match self
+                .engine
+                .apply_plan_live(&old_ctx, &ctx, &secrets, pid)
+                .await
+            {
+                Ok(Some(how)) => live.push(format!(
+                    "new plan applied live: limits set on the running process ({}); {how}",
+                    if applied.enforced.is_empty() {
+                        "none enforceable here".to_owned()
+                    } else {
+                        applied.enforced.join(", ")
+                    }
+                )),
+                Ok(None) => why.push("the server reads the new plan only at start".into()),
+                Err(e) => why.push(format!("applying the plan live failed ({e})")),
+            }
+        }
+        if why.is_empty() {
+            return Ok(if live.is_empty() {
+                UpdateEffect::Recorded
+            } else {
+                UpdateEffect::Live(live.join("; "))
+            });
+        }
+        self.stop(&slot, &dir).await;
+        match self.start(&slot, &record, &secrets, true).await {
+            Ok(()) => Ok(UpdateEffect::Restarted(why.join("; "))),
+            Err(e) if record.plan != old.plan || record.config != old.config => {
+                // The engine rejected the change: back to what ran before, running.
+                let previous = old_secrets.unwrap_or(secrets);
+                write_record(&dir, &old)?;
+                {
+                    let mut st = slot.state.lock().unwrap();
+                    st.record = Some(old.clone());
+                    st.secrets = Some(previous.clone());
+                }
+                self.start(&slot, &old, &previous, true).await?;
+                Err(BackendError::Failed(format!(
+                    "the change was rejected and the instance runs on its previous plan and config: {e}"
+                )))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn sweeps_orphans(&self) -> bool {

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::wire::{BackupBody, BackupStatusBody, CreateBody, ErrorBody, PatchBody, StatusBody};
 use crate::{
     BackendError, BackupRequest, BackupState, InstancePatch, InstanceSpec, InstanceStatus,
-    ProviderBackend, Result,
+    ProviderBackend, Result, UpdateEffect,
 };
 
 /// How many ids one `GET /?id=...` carries.
@@ -191,12 +191,12 @@ impl ProviderBackend for RestBackend {
         Err(Self::error_of(&Method::POST, "/", status, &answer, None))
     }
 
-    async fn update(&self, id: Uuid, patch: &InstancePatch) -> Result<()> {
+    async fn update(&self, id: Uuid, patch: &InstancePatch) -> Result<UpdateEffect> {
         let path = format!("/{id}");
         let body = PatchBody::new(id, patch.team_id, patch);
         let (status, answer) = self.call(Method::PATCH, &path, Some(&body)).await?;
         if status.is_success() {
-            return Ok(());
+            return Ok(UpdateEffect::Unknown);
         }
         Err(Self::error_of(
             &Method::PATCH,

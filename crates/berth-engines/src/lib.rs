@@ -130,6 +130,18 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<bool> {
         Ok(false)
     }
+    /// Applies a changed plan to the running server without a restart, when the engine can.
+    /// `new`'s config file is written and its limits are set already; `pid` is the server's.
+    /// Answers how, or `None` when only a restart applies it.
+    async fn apply_plan_live(
+        &self,
+        _old: &InstanceCtx,
+        _new: &InstanceCtx,
+        _secrets: &JsonMap,
+        _pid: u32,
+    ) -> Result<Option<String>> {
+        Ok(None)
+    }
     /// The signal that asks the server for a fast, clean shutdown.
     fn stop_signal(&self) -> i32;
 }

@@ -80,10 +80,7 @@ impl Spares {
                 let n: u64 = rand::random();
                 let partial = dir.join(format!("partial-{n:016x}"));
                 let ok = std::fs::create_dir_all(&dir).is_ok()
-                    && tokio::process::Command::new("cp")
-                        .arg("-a")
-                        .arg(&template)
-                        .arg(&partial)
+                    && copy_tree(&template, &partial)
                         .status()
                         .await
                         .is_ok_and(|s| s.success())
@@ -240,13 +237,47 @@ pub(crate) fn chown_tree(path: &Path, run_as: Option<RunAs>) -> Result<()> {
     Ok(())
 }
 
+/// Worker slots, fixed so that a CPU change (`max_parallel_workers`, at most 8) never needs a
+/// restart; idle slots cost next to nothing.
+const MAX_WORKER_PROCESSES: i64 = 12;
+
+/// The settings derived from the plan that PostgreSQL reads only at start: the usual split, a
+/// quarter of memory for shared buffers, connections scaled with memory.
+fn restart_settings(ctx: &InstanceCtx) -> (i64, i64) {
+    let memory_mib = ctx.plan_int("memory", 256).max(64);
+    ((memory_mib / 4).max(16), (memory_mib / 5).clamp(20, 200))
+}
+
+/// A helper process (initdb, single-user postgres), as `run_as`, that dies with Berth.
 pub(crate) fn command_as(program: &Path, run_as: Option<RunAs>) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(program);
     if let Some(ids) = run_as {
-        use std::os::unix::process::CommandExt;
         cmd.uid(ids.uid).gid(ids.gid);
     }
+    // SAFETY: the closure only makes one async-signal-safe syscall.
+    unsafe { cmd.pre_exec(die_with_parent) };
     cmd
+}
+
+/// `cp -a from to`, dying with Berth.
+fn copy_tree(from: &Path, to: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("cp");
+    cmd.arg("-a").arg(from).arg(to);
+    // SAFETY: the closure only makes one async-signal-safe syscall.
+    unsafe { cmd.pre_exec(die_with_parent) };
+    cmd
+}
+
+/// Runs in the child between fork and exec (after its user is set, which would clear it).
+/// A helper must not outlive a Berth killed with SIGKILL: it would go on writing into a
+/// directory the next start cleans up or reuses.
+fn die_with_parent() -> std::io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -344,10 +375,7 @@ impl crate::Engine for Postgres {
             return Ok(());
         }
         // `cp -a` keeps the owner (the instances' user) and modes; no reflink on ext4 here.
-        let status = tokio::process::Command::new("cp")
-            .arg("-a")
-            .arg(&template)
-            .arg(ctx.data_dir())
+        let status = copy_tree(&template, &ctx.data_dir())
             .status()
             .await
             .map_err(EngineError::io("copying the template"))?;
@@ -363,8 +391,7 @@ impl crate::Engine for Postgres {
         let memory_mib = ctx.plan_int("memory", 256).max(64);
         let cpu_tenths = ctx.plan_int("cpu", 5).max(1);
         // The usual split: a quarter of memory for shared buffers, connections scaled with memory.
-        let shared_buffers = (memory_mib / 4).max(16);
-        let max_connections = (memory_mib / 5).clamp(20, 200);
+        let (shared_buffers, max_connections) = restart_settings(ctx);
         let workers = ((cpu_tenths + 9) / 10).max(1);
         let conf = format!(
             "# Managed by Berth: rewritten before every start. Do not edit.\n\
@@ -387,11 +414,31 @@ impl crate::Engine for Postgres {
             run = ctx.run_dir().display(),
             cache = memory_mib * 3 / 4,
             maint = (memory_mib / 16).max(8),
-            mwp = workers + 4,
+            mwp = MAX_WORKER_PROCESSES,
             gather = (workers / 2).max(1),
         );
         std::fs::write(ctx.data_dir().join("berth.conf"), conf)
             .map_err(EngineError::io("writing berth.conf"))
+    }
+
+    async fn apply_plan_live(
+        &self,
+        old: &InstanceCtx,
+        new: &InstanceCtx,
+        _secrets: &JsonMap,
+        pid: u32,
+    ) -> Result<Option<String>> {
+        if restart_settings(old) != restart_settings(new) {
+            return Ok(None); // shared_buffers or max_connections: only read at start
+        }
+        // SAFETY: plain syscall to the instance's postmaster (the caller checked it is).
+        if unsafe { libc::kill(pid as i32, libc::SIGHUP) } != 0 {
+            return Err(EngineError::Command(format!(
+                "reloading the configuration: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(Some("configuration reloaded (SIGHUP)".into()))
     }
 
     fn launch(&self, ctx: &InstanceCtx) -> Launch {

@@ -23,6 +23,11 @@ impl Redis {
 }
 
 /// The SHA-256 (hex) an ACL rule holds instead of the password.
+/// Leave a quarter of the plan's memory for the process itself, buffers and forks.
+fn maxmemory_mib(ctx: &InstanceCtx) -> i64 {
+    (ctx.plan_int("memory", 128).max(16) * 3 / 4).max(8)
+}
+
 fn password_hash(password: &str) -> String {
     Sha256::digest(password.as_bytes())
         .iter()
@@ -75,9 +80,7 @@ impl crate::Engine for Redis {
     }
 
     fn write_config(&self, ctx: &InstanceCtx, secrets: &JsonMap) -> Result<()> {
-        let memory_mib = ctx.plan_int("memory", 128).max(16);
-        // Leave a quarter of the plan's memory for the process itself, buffers and forks.
-        let maxmemory = (memory_mib * 3 / 4).max(8);
+        let maxmemory = maxmemory_mib(ctx);
         let hash = password_hash(secret(secrets, "password")?);
         let conf = format!(
             "# Managed by Berth: rewritten before every start. Do not edit.\n\
@@ -133,6 +136,37 @@ impl crate::Engine for Redis {
     async fn bootstrap(&self, _ctx: &InstanceCtx, _secrets: &JsonMap) -> Result<()> {
         // The password is in the config (as a hash): nothing more to set.
         Ok(())
+    }
+
+    async fn apply_plan_live(
+        &self,
+        old: &InstanceCtx,
+        new: &InstanceCtx,
+        secrets: &JsonMap,
+        _pid: u32,
+    ) -> Result<Option<String>> {
+        let (before, after) = (maxmemory_mib(old), maxmemory_mib(new));
+        if before == after {
+            return Ok(Some("nothing to change in the server".into()));
+        }
+        let unhealthy = |e: std::io::Error| EngineError::Unhealthy(format!("connecting: {e}"));
+        let mut s = connect(new.port).await.map_err(unhealthy)?;
+        let auth = command(&mut s, &["AUTH", secret(secrets, "password")?])
+            .await
+            .map_err(unhealthy)?;
+        if auth != "+OK" {
+            return Ok(None);
+        }
+        let value = format!("{after}mb");
+        let reply = command(&mut s, &["CONFIG", "SET", "maxmemory", &value])
+            .await
+            .map_err(unhealthy)?;
+        if reply != "+OK" {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "maxmemory {before}mb -> {after}mb with CONFIG SET"
+        )))
     }
 
     async fn rotate_secrets(

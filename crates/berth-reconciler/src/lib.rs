@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use tokio::sync::{Notify, Semaphore};
 
 pub use catalog::{Catalog, CatalogEntry};
-use plan::{Action, Plan};
+use plan::{Action, Plan, PlannedEvent};
 
 /// What a pass learned about one service's instance.
 #[derive(Debug, Clone)]
@@ -370,7 +370,9 @@ impl Reconciler {
                 }
             }
             match self.execute(entry, &svc, &plan).await {
-                Ok(()) => {
+                Ok(effect) => {
+                    let mut plan = plan;
+                    plan.events.extend(effect);
                     self.record(&svc, current.as_ref(), &plan).await?;
                     if matches!(plan.action, Action::None | Action::Purge) {
                         if plan.status.state == berth_types::ServiceState::Synchronized {
@@ -583,6 +585,28 @@ impl Reconciler {
         entry: &CatalogEntry,
         svc: &Service,
         plan: &Plan,
+    ) -> Result<Option<PlannedEvent>, ReconcileError> {
+        if plan.action == Action::Update {
+            let secrets = self.store.secrets_get(svc.id).await?;
+            let patch = InstancePatch {
+                team_id: svc.spec.team_id,
+                plan: Some(svc.spec.plan.parameters.clone()),
+                config: Some(svc.spec.config.clone()),
+                secrets: Some(secrets.service),
+                pause: Some(svc.spec.pause),
+            };
+            let effect = self.call(entry.backend.update(svc.id, &patch)).await?;
+            return Ok(plan::update_event(&effect));
+        }
+        self.perform(entry, svc, plan).await.map(|()| None)
+    }
+
+    /// The actions other than an update, which report nothing more than success.
+    async fn perform(
+        &self,
+        entry: &CatalogEntry,
+        svc: &Service,
+        plan: &Plan,
     ) -> Result<(), ReconcileError> {
         match &plan.action {
             Action::None => Ok(()),
@@ -598,17 +622,7 @@ impl Reconciler {
                 };
                 self.call(entry.backend.create(&spec)).await
             }
-            Action::Update => {
-                let secrets = self.store.secrets_get(svc.id).await?;
-                let patch = InstancePatch {
-                    team_id: svc.spec.team_id,
-                    plan: Some(svc.spec.plan.parameters.clone()),
-                    config: Some(svc.spec.config.clone()),
-                    secrets: Some(secrets.service),
-                    pause: Some(svc.spec.pause),
-                };
-                self.call(entry.backend.update(svc.id, &patch)).await
-            }
+            Action::Update => unreachable!("updates go through execute"),
             Action::Delete => self.call(entry.backend.delete(svc.id)).await,
             Action::FinalBackup => self.final_backup_step(entry, svc).await,
             Action::Purge => {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use berth_backend::InstanceStatus;
+use berth_backend::{InstanceStatus, UpdateEffect};
 use berth_types::{BackupEntry, Service, ServiceState, ServiceStatus, Severity};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -117,6 +117,26 @@ fn base(current: Option<&ServiceStatus>, now: OffsetDateTime) -> ServiceStatus {
     current
         .cloned()
         .unwrap_or_else(|| ServiceStatus::new(ServiceState::Unknown, 0, now))
+}
+
+/// The event that says how an update took effect: live, or with a restart and why.
+pub fn update_event(effect: &UpdateEffect) -> Option<PlannedEvent> {
+    let (name, body) = match effect {
+        UpdateEffect::Live(how) => (
+            "berth.instance.updated_live",
+            format!("applied without a restart: {how}"),
+        ),
+        UpdateEffect::Restarted(why) => (
+            "berth.instance.restarted_for_update",
+            format!("applied with a restart: {why}"),
+        ),
+        UpdateEffect::Recorded | UpdateEffect::Unknown => return None,
+    };
+    Some(PlannedEvent {
+        name,
+        severity: Severity::Info,
+        body,
+    })
 }
 
 /// The status of a service whose provider the catalog does not have.

@@ -45,6 +45,17 @@ pub struct NewService {
     pub created_at: OffsetDateTime,
 }
 
+/// A service with everything its API resource shows, read in one snapshot.
+#[derive(Debug, Clone)]
+pub struct ServiceRecord {
+    pub service: Service,
+    pub status: Option<ServiceStatus>,
+    /// The newest first.
+    pub recent_events: Vec<Event>,
+    /// The oldest first.
+    pub backups: Vec<BackupEntry>,
+}
+
 /// Storage methods are named resource-then-verb. Every method is one transaction.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -59,6 +70,15 @@ pub trait Store: Send + Sync + 'static {
     async fn service_get(&self, id: ServiceId) -> Result<Service>;
     /// Services of `team` (all teams when `None`), oldest first; soft-deleted ones only when asked.
     async fn service_list(&self, team: Option<i64>, include_deleted: bool) -> Result<Vec<Service>>;
+    /// Like [`Store::service_list`], with each service's status, its `recent_events` newest events
+    /// and its backups: a constant number of queries for the whole list (what the API's list
+    /// answers with; one query per service would not keep its latency flat at 500 services).
+    async fn service_list_full(
+        &self,
+        team: Option<i64>,
+        include_deleted: bool,
+        recent_events: u32,
+    ) -> Result<Vec<ServiceRecord>>;
     /// Replaces the spec (and the secrets, when given) and bumps the generation, only if the
     /// generation is still `expected_generation`; otherwise [`StoreError::Conflict`].
     async fn service_update(

@@ -16,10 +16,14 @@ use sqlx::{Row, SqlitePool};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::{Cipher, NewService, Result, Store, StoreError};
+use crate::{Cipher, NewService, Result, ServiceRecord, Store, StoreError};
 
 pub struct SqliteStore {
+    /// Writes (and the migrations).
     pool: SqlitePool,
+    /// Reads: read-only connections (the same pool in memory, where each connection would be
+    /// a database of its own).
+    read: SqlitePool,
     cipher: Cipher,
 }
 
@@ -50,12 +54,19 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(std::time::Duration::from_secs(5));
+        // Writers queue on one lock anyway (SQLite), so few connections; readers get their own
+        // read-only pool, so an API read never waits behind the reconciler's writes (WAL lets
+        // them read the last commit meanwhile).
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
+            .max_connections(2)
+            .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool, cipher })
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts.read_only(true))
+            .await?;
+        Ok(Self { pool, read, cipher })
     }
 
     /// An in-memory database, for tests.
@@ -66,12 +77,23 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool, cipher })
+        Ok(Self {
+            read: pool.clone(),
+            pool,
+            cipher,
+        })
     }
 
     fn seal(&self, id: ServiceId, secrets: &Secrets) -> Vec<u8> {
         let plain = serde_json::to_vec(secrets).expect("secrets serialize to JSON");
         self.cipher.seal(&plain, id.to_string().as_bytes())
+    }
+
+    /// Every transaction here writes: take the write lock up front (`BEGIN IMMEDIATE`), so that
+    /// a busy database makes it wait (busy_timeout) instead of failing at once with "database is
+    /// locked" when a deferred transaction's first read has to become a write.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     fn unseal(&self, id: ServiceId, sealed: &[u8]) -> Result<Secrets> {
@@ -108,7 +130,7 @@ impl Store for SqliteStore {
     ) -> Result<Service> {
         let id = new.id.to_string();
         let spec = serde_json::to_string(&new.spec).expect("spec serializes to JSON");
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let inserted = sqlx::query(
             "INSERT INTO services (id, team_id, name, spec, generation, created_at) VALUES (?, ?, ?, ?, 1, ?)",
         )
@@ -149,7 +171,7 @@ impl Store for SqliteStore {
             "SELECT {SERVICE_COLUMNS} FROM services WHERE id = ?"
         ))
         .bind(id.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?
         .ok_or(StoreError::NotFound(id))?;
         Self::row_to_service(&row)
@@ -163,9 +185,89 @@ impl Store for SqliteStore {
         ))
         .bind(team)
         .bind(include_deleted)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter().map(Self::row_to_service).collect()
+    }
+
+    async fn service_list_full(
+        &self,
+        team: Option<i64>,
+        include_deleted: bool,
+        recent_events: u32,
+    ) -> Result<Vec<ServiceRecord>> {
+        const FILTER: &str = "(?1 IS NULL OR team_id = ?1) AND (?2 OR deleted_at IS NULL)";
+        // One read transaction: the three reads see the same snapshot (WAL), and it never
+        // writes, so it never waits for the write lock.
+        let mut tx = self.read.begin().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT s.id, s.spec, s.generation, s.created_at, s.deleted_at,
+                    st.state, st.reason, st.observed_generation, st.details, st.since
+             FROM services s LEFT JOIN service_status st ON st.service_id = s.id
+             WHERE {FILTER} ORDER BY s.created_at, s.id"
+        ))
+        .bind(team)
+        .bind(include_deleted)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut index = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let service = Self::row_to_service(row)?;
+            let status = match row.try_get::<Option<String>, _>("state")? {
+                Some(_) => Some(row_to_status(row)?),
+                None => None,
+            };
+            index.insert(service.id.to_string(), out.len());
+            out.push(ServiceRecord {
+                service,
+                status,
+                recent_events: Vec::new(),
+                backups: Vec::new(),
+            });
+        }
+        let events = if recent_events == 0 {
+            Vec::new()
+        } else {
+            sqlx::query(&format!(
+                "SELECT service_id, event FROM (
+                 SELECT service_id, event,
+                        ROW_NUMBER() OVER (PARTITION BY service_id ORDER BY seq DESC) AS n
+                 FROM events WHERE service_id IN (SELECT id FROM services WHERE {FILTER}))
+             WHERE n <= ?3 ORDER BY service_id, n"
+            ))
+            .bind(team)
+            .bind(include_deleted)
+            .bind(recent_events)
+            .fetch_all(&mut *tx)
+            .await?
+        };
+        for row in &events {
+            let id: String = row.try_get("service_id")?;
+            if let Some(&i) = index.get(&id) {
+                let text: String = row.try_get("event")?;
+                out[i]
+                    .recent_events
+                    .push(serde_json::from_str(&text).map_err(|e| corrupt("event", e))?);
+            }
+        }
+        let backups = sqlx::query(&format!(
+            "SELECT service_id, id, scheduled_at, initiated_at, confirmed_at, error FROM backups
+             WHERE service_id IN (SELECT id FROM services WHERE {FILTER})
+             ORDER BY scheduled_at, id"
+        ))
+        .bind(team)
+        .bind(include_deleted)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &backups {
+            let id: String = row.try_get("service_id")?;
+            if let Some(&i) = index.get(&id) {
+                out[i].backups.push(row_to_backup(row)?);
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 
     async fn service_update(
@@ -175,7 +277,7 @@ impl Store for SqliteStore {
         spec: &ServiceSpec,
         secrets: Option<&Secrets>,
     ) -> Result<Service> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let spec_json = serde_json::to_string(spec).expect("spec serializes to JSON");
         let updated = sqlx::query(
             "UPDATE services SET spec = ?, name = ?, generation = generation + 1
@@ -235,7 +337,7 @@ impl Store for SqliteStore {
         at: OffsetDateTime,
         skip_final_backup: bool,
     ) -> Result<Service> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let row = sqlx::query(&format!(
             "SELECT {SERVICE_COLUMNS} FROM services WHERE id = ?"
         ))
@@ -287,7 +389,7 @@ impl Store for SqliteStore {
     }
 
     async fn service_purge(&self, id: ServiceId) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM backups WHERE service_id = ?")
             .bind(id.to_string())
             .execute(&mut *tx)
@@ -308,7 +410,7 @@ impl Store for SqliteStore {
         let sealed: Vec<u8> =
             sqlx::query_scalar("SELECT sealed FROM service_secrets WHERE service_id = ?")
                 .bind(id.to_string())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.read)
                 .await?
                 .ok_or(StoreError::NotFound(id))?;
         self.unseal(id, &sealed)
@@ -319,18 +421,9 @@ impl Store for SqliteStore {
             "SELECT state, reason, observed_generation, details, since FROM service_status WHERE service_id = ?",
         )
         .bind(id.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let state: String = row.try_get("state")?;
-        let details: String = row.try_get("details")?;
-        Ok(Some(ServiceStatus {
-            state: ServiceState::parse(&state).ok_or_else(|| corrupt("state", &state))?,
-            reason: row.try_get("reason")?,
-            observed_generation: row.try_get("observed_generation")?,
-            details: serde_json::from_str(&details).map_err(|e| corrupt("details", e))?,
-            since: parse_ts(&row.try_get::<String, _>("since")?)?,
-        }))
+        row.as_ref().map(row_to_status).transpose()
     }
 
     async fn status_record(
@@ -339,7 +432,7 @@ impl Store for SqliteStore {
         status: Option<&ServiceStatus>,
         events: &[Event],
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         if let Some(status) = status {
             put_status(&mut tx, &id.to_string(), status).await?;
         }
@@ -379,26 +472,9 @@ impl Store for SqliteStore {
              WHERE service_id = ? ORDER BY scheduled_at, id",
         )
         .bind(service.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let opt = |col: &str| -> Result<Option<OffsetDateTime>> {
-                    r.try_get::<Option<String>, _>(col)?
-                        .as_deref()
-                        .map(parse_ts)
-                        .transpose()
-                };
-                Ok(BackupEntry {
-                    id: ServiceId::parse_str(&r.try_get::<String, _>("id")?)
-                        .map_err(|e| corrupt("backup id", e))?,
-                    scheduled_at: parse_ts(&r.try_get::<String, _>("scheduled_at")?)?,
-                    initiated_at: opt("initiated_at")?,
-                    confirmed_at: opt("confirmed_at")?,
-                    error: r.try_get("error")?,
-                })
-            })
-            .collect()
+        rows.iter().map(row_to_backup).collect()
     }
 
     async fn backup_update(&self, entry: &BackupEntry) -> Result<()> {
@@ -418,7 +494,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query(
             "SELECT name, version, definition, sealed_secret FROM providers ORDER BY name, version",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter()
             .map(|r| {
@@ -476,7 +552,7 @@ impl Store for SqliteStore {
     }
 
     async fn provider_delete(&self, name: &str, version: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let using: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM services WHERE json_extract(spec, '$.provider.name') = ? AND json_extract(spec, '$.provider.version') = ?",
         )
@@ -512,7 +588,7 @@ impl Store for SqliteStore {
         .bind(before)
         .bind(before)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter()
             .map(|r| {
@@ -522,6 +598,35 @@ impl Store for SqliteStore {
             })
             .collect()
     }
+}
+
+fn row_to_status(row: &sqlx::sqlite::SqliteRow) -> Result<ServiceStatus> {
+    let state: String = row.try_get("state")?;
+    let details: String = row.try_get("details")?;
+    Ok(ServiceStatus {
+        state: ServiceState::parse(&state).ok_or_else(|| corrupt("state", &state))?,
+        reason: row.try_get("reason")?,
+        observed_generation: row.try_get("observed_generation")?,
+        details: serde_json::from_str(&details).map_err(|e| corrupt("details", e))?,
+        since: parse_ts(&row.try_get::<String, _>("since")?)?,
+    })
+}
+
+fn row_to_backup(r: &sqlx::sqlite::SqliteRow) -> Result<BackupEntry> {
+    let opt = |col: &str| -> Result<Option<OffsetDateTime>> {
+        r.try_get::<Option<String>, _>(col)?
+            .as_deref()
+            .map(parse_ts)
+            .transpose()
+    };
+    Ok(BackupEntry {
+        id: ServiceId::parse_str(&r.try_get::<String, _>("id")?)
+            .map_err(|e| corrupt("backup id", e))?,
+        scheduled_at: parse_ts(&r.try_get::<String, _>("scheduled_at")?)?,
+        initiated_at: opt("initiated_at")?,
+        confirmed_at: opt("confirmed_at")?,
+        error: r.try_get("error")?,
+    })
 }
 
 fn provider_aad(name: &str, version: &str) -> String {

@@ -128,6 +128,25 @@ async fn suite(store: &dyn Store) {
     assert_eq!(next.len(), 4);
     assert_eq!(next[0].1.body, "event 2");
 
+    // the full list: the same services, each with its status, newest events and backups
+    let full = store.service_list_full(Some(1), false, 2).await.unwrap();
+    assert_eq!(full.len(), 1);
+    assert_eq!(full[0].service, store.service_get(a.id).await.unwrap());
+    assert_eq!(full[0].status, store.status_get(a.id).await.unwrap());
+    let newest: Vec<Event> = store
+        .event_list(a.id, 2, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    assert_eq!(full[0].recent_events, newest);
+    assert_eq!(full[0].backups, store.backup_list(a.id).await.unwrap());
+    assert_eq!(
+        store.service_list_full(None, false, 2).await.unwrap().len(),
+        2
+    );
+
     // delete: hidden from the default list, secrets destroyed, name free again
     let d = store.service_mark_deleted(a.id, now, false).await.unwrap();
     assert!(d.deleted_at.is_some());

@@ -260,9 +260,24 @@ fn chown_to_instance_user(path: &Path) -> anyhow::Result<()> {
 struct Setup {
     pg: berth_engines::Installation,
     redis: berth_engines::Installation,
-    tmp: tempfile::TempDir,
+    tmp: Kept,
     dir: PathBuf,
     server: Server,
+}
+
+/// The bench's directory: removed at the end, or kept with `--keep`.
+enum Kept {
+    Temp(tempfile::TempDir),
+    Path(PathBuf),
+}
+
+impl Kept {
+    fn path(&self) -> &Path {
+        match self {
+            Kept::Temp(t) => t.path(),
+            Kept::Path(p) => p,
+        }
+    }
 }
 
 impl Setup {
@@ -285,7 +300,16 @@ impl Setup {
         )?;
         let dir = tmp.path().join("data");
         std::fs::create_dir_all(&dir)?;
+        if args.keep {
+            println!("data dir (kept): {}", dir.display());
+        }
         let server = start_server(&dir, &args.engines_dir).await?;
+        // --keep leaves the services running, so their data directory stays too.
+        let tmp = if args.keep {
+            Kept::Path(tmp.keep())
+        } else {
+            Kept::Temp(tmp)
+        };
         Ok(Self {
             pg,
             redis,
@@ -651,6 +675,206 @@ pub async fn resume(args: BenchArgs) -> anyhow::Result<()> {
     );
     if !args.keep {
         delete_all(c, &[pg_id, redis_id]).await?;
+    }
+    Ok(())
+}
+
+/// The server's resident memory, in MB.
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// Waits until every one of `ids` shows `state` (one list request per poll, as a dashboard).
+async fn wait_all(c: &Client, ids: &[String], state: &str) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let list = c
+            .get("/api/managed-services?team=9")
+            .await
+            .map_err(http_err)?;
+        let done = list
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|s| {
+                        s["status"]["state"] == state && ids.iter().any(|i| s["id"] == i.as_str())
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if done == ids.len() {
+            return Ok(());
+        }
+        if let Some(bad) = list
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["status"]["state"] == "error"))
+        {
+            bail!("{} went to error: {}", bad["name"], bad["status"]["reason"]);
+        }
+        if t0.elapsed() > Duration::from_secs(600) {
+            bail!("only {done} of {} are {state} after 600 s", ids.len());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `f` over `items` with at most `width` at a time, collecting the answers.
+async fn each<T, R, F, Fut>(items: Vec<T>, width: usize, f: F) -> anyhow::Result<Vec<R>>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<R>> + Send + 'static,
+    R: Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    let mut out = Vec::new();
+    for item in items {
+        if set.len() >= width {
+            out.push(set.join_next().await.expect("a task")??);
+        }
+        set.spawn(f(item));
+    }
+    while let Some(r) = set.join_next().await {
+        out.push(r??);
+    }
+    Ok(out)
+}
+
+/// `berth bench scale`: `count` Dev-plan Redis services created, paused and resumed through the
+/// API while a dashboard lists all services without pause; prints the list latency during the
+/// churn beside the same list on the idle server (same services, same run), and the server's
+/// peak resident memory beside its memory before the first service.
+pub async fn scale(args: BenchArgs, count: usize) -> anyhow::Result<()> {
+    let Setup {
+        redis,
+        server,
+        tmp: _tmp,
+        ..
+    } = Setup::new(&args).await?;
+    let c = &server.client;
+    let pid = server.child.id();
+    println!(
+        "berth bench scale: {count} Dev-plan {} {} services created, paused, resumed",
+        redis.product, redis.full_version
+    );
+    let rss_start = rss_mb(pid);
+
+    // The dashboard: list everything, back to back, timing each answer; and the memory sampler.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lister = {
+        let (c, stop) = (c.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut ms = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t0 = Instant::now();
+                if c.get_bytes("/api/managed-services").await.is_ok() {
+                    ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            ms
+        })
+    };
+    let sampler = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut peak: f64 = 0.0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_mb(pid));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            peak
+        })
+    };
+
+    let mut phases = Vec::new();
+    let t0 = Instant::now();
+    let ids: Vec<String> = each((0..count).collect(), 16, |i| {
+        let c = c.clone();
+        async move {
+            let v = c
+                .call(
+                    reqwest::Method::POST,
+                    "/api/managed-services",
+                    Some(&json!({"teamId": 9, "name": format!("scale-{i}"), "provider": {"name": "redis"}, "plan": {"id": 0}})),
+                )
+                .await
+                .map_err(http_err)?;
+            Ok(v["id"].as_str().context("no id")?.to_owned())
+        }
+    })
+    .await?;
+    wait_all(c, &ids, "synchronized").await?;
+    phases.push(("create", t0.elapsed()));
+    for (pause, state, label) in [(true, "paused", "pause"), (false, "synchronized", "resume")] {
+        let t0 = Instant::now();
+        each(ids.clone(), 16, |id| {
+            let c = c.clone();
+            async move { set_pause(&c, &id, pause).await }
+        })
+        .await?;
+        wait_all(c, &ids, state).await?;
+        phases.push((label, t0.elapsed()));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut busy = lister.await?;
+    let peak = sampler.await?;
+
+    // Baseline: the same list on the same server once everything is settled.
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        let t0 = Instant::now();
+        c.get_bytes("/api/managed-services").await?;
+        idle.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    for (label, took) in &phases {
+        println!(
+            "{:<48} {:>8.1} s  ({:.0} services/s)",
+            format!("{label} all {count}, until all show it"),
+            took.as_secs_f64(),
+            count as f64 / took.as_secs_f64()
+        );
+    }
+    busy.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    idle.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let p99 = percentile(&busy, 0.99);
+    println!("{:<48} {:>11} {:>11}", "", "median", "p99");
+    println!(
+        "{:<48} {:>8.1} ms {:>8.1} ms  target p99 <= 20 ms: {}",
+        format!(
+            "list {count} services during the churn ({} calls)",
+            busy.len()
+        ),
+        percentile(&busy, 0.5),
+        p99,
+        if p99 <= 20.0 { "met" } else { "MISSED" }
+    );
+    println!(
+        "{:<48} {:>8.1} ms {:>8.1} ms",
+        "  baseline: the same list, idle server",
+        percentile(&idle, 0.5),
+        percentile(&idle, 0.99)
+    );
+    println!(
+        "{:<48} {:>8.1} MB  target <= 80 MB: {}",
+        "berth server peak resident memory",
+        peak,
+        if peak <= 80.0 { "met" } else { "MISSED" }
+    );
+    println!(
+        "{:<48} {:>8.1} MB",
+        "  baseline: the same server before any service", rss_start
+    );
+    if !args.keep {
+        delete_all(c, &ids).await?;
     }
     Ok(())
 }

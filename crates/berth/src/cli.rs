@@ -34,6 +34,7 @@ impl CliError {
 
 pub type CliResult<T> = Result<T, CliError>;
 
+#[derive(Clone)]
 pub struct Client {
     base: String,
     token: Option<String>,
@@ -112,6 +113,15 @@ impl Client {
 
     pub async fn get(&self, path: &str) -> CliResult<Value> {
         self.call(reqwest::Method::GET, path, None).await
+    }
+
+    /// The body of a successful GET, unparsed (benchmarks time the answer, not the parsing).
+    pub async fn get_bytes(&self, path: &str) -> Result<usize, reqwest::Error> {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        Ok(req.send().await?.error_for_status()?.bytes().await?.len())
     }
 
     /// Finds a service by id or by name (within `team` when given).

@@ -121,6 +121,16 @@ enum ProviderCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Many Dev-plan Redis services created, paused and resumed: list latency and server memory.
+    Scale {
+        #[arg(long, default_value_t = 500)]
+        count: usize,
+        #[arg(long, env = "BERTH_ENGINES_DIR", default_value = "/opt/berth/engines")]
+        engines_dir: PathBuf,
+        /// Leave the services running at the end.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Resume from pause to the first query, for PostgreSQL and Redis.
     Resume {
         #[arg(long, default_value_t = 20)]
@@ -333,6 +343,22 @@ fn main() {
                     keep,
                 };
                 exit_code(berth::bench::provision(args).await)
+            }
+            Cmd::Bench {
+                cmd:
+                    BenchCmd::Scale {
+                        count,
+                        engines_dir,
+                        keep,
+                    },
+            } => {
+                let args = berth::bench::BenchArgs {
+                    runs: 0,
+                    services_for_memory: 0,
+                    engines_dir,
+                    keep,
+                };
+                exit_code(berth::bench::scale(args, count).await)
             }
             Cmd::Bench {
                 cmd:

@@ -332,5 +332,21 @@ pub async fn redis_try(port: u16, password: &str, args: &[&str]) -> std::io::Res
         s.read_line(&mut body).await?;
         return Ok(body.trim().to_owned());
     }
+    if let Some(n) = reply
+        .trim()
+        .strip_prefix('*')
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        // An array of bulk strings (CONFIG GET): the elements, space-separated.
+        let mut items = Vec::new();
+        for _ in 0..n * 2 {
+            let mut line = String::new();
+            s.read_line(&mut line).await?;
+            if !line.starts_with('$') {
+                items.push(line.trim().to_owned());
+            }
+        }
+        return Ok(items.join(" "));
+    }
     Ok(reply.trim().to_owned())
 }
