@@ -30,6 +30,8 @@ pub struct App {
     pub store: Arc<dyn Store>,
     pub catalog: Arc<Catalog>,
     pub reconciler: Arc<Reconciler>,
+    /// The list of services, kept encoded and refreshed from the store's change feed.
+    pub lists: crate::list_cache::ListCache,
 }
 
 /// A strong random secret: 32 alphanumerics (~190 bits), safe in URLs without encoding.
@@ -208,25 +210,15 @@ impl App {
         })
     }
 
-    pub async fn service_list(
+    /// The list as JSON, from the read model (`list_cache`).
+    pub async fn service_list_json(
         &self,
         team: Option<i64>,
         include_deleted: bool,
-    ) -> Result<Vec<ManagedServiceView>, ApiError> {
-        // Lists carry no recentEvents (an empty array): at 500 services they would be most of
-        // the answer and of its cost. `GET /api/managed-services/{id}` has them.
-        let records = self
-            .store
-            .service_list_full(team, include_deleted, 0)
-            .await?;
-        Ok(records
-            .into_iter()
-            .map(|r| {
-                let mut view = to_view(r.service, r.status, r.recent_events);
-                view.backups.entries = r.backups;
-                view
-            })
-            .collect())
+    ) -> Result<String, ApiError> {
+        self.lists
+            .list_json(&self.store, team, include_deleted)
+            .await
     }
 
     pub async fn service_get(&self, id: &str) -> Result<ManagedServiceView, ApiError> {

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod auth;
 pub mod error;
+pub mod list_cache;
 pub mod openapi;
 
 use std::sync::Arc;
@@ -119,8 +120,13 @@ pub struct ListQuery {
 async fn services_list(
     State(s): State<AppState>,
     Q(q): Q<ListQuery>,
-) -> Result<Json<Vec<ManagedServiceView>>, ApiError> {
-    Ok(Json(s.app.service_list(q.team, q.include_deleted).await?))
+) -> Result<Response, ApiError> {
+    let json = s.app.service_list_json(q.team, q.include_deleted).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        json,
+    )
+        .into_response())
 }
 
 /// Create a managed service. Answers at once in state `creating`; the generated secrets are in

@@ -102,6 +102,7 @@ impl LocalHost {
             changed,
             cfg,
         });
+        let procs = process::ProcTable::scan();
         for entry in std::fs::read_dir(&instances)?.flatten() {
             let Some(id) = entry
                 .file_name()
@@ -123,9 +124,9 @@ impl LocalHost {
                 .ok()
                 .and_then(|s| s.trim().parse::<u32>().ok())
                 .filter(|pid| process::alive(*pid, &dir))
-                .or_else(|| process::servers_in(&dir).first().copied())
+                .or_else(|| procs.servers_in(&dir).first().copied())
                 .filter(|_| initialized);
-            process::kill_others_in(&dir, pid);
+            procs.kill_others_in(&dir, pid);
             if let Some(r) = &record {
                 host.reserved_ports.lock().unwrap().insert(r.port);
             }
@@ -248,14 +249,6 @@ impl LocalBackend {
             ctx.plan_int("cpu", 5),
         );
         let limits = limits_details(&applied);
-        // Nothing else may work in the data directory (or hold the port): a server a crash left
-        // unrecorded is stopped first.
-        process::stop_all_in(
-            &ctx.data_dir(),
-            self.engine.stop_signal(),
-            Duration::from_secs(5),
-        )
-        .await;
         let launch = self.engine.launch(&ctx);
         let mut child = process::spawn(
             &launch,
@@ -360,12 +353,6 @@ impl LocalBackend {
             )
             .await;
         }
-        process::stop_all_in(
-            &dir.join("data"),
-            self.engine.stop_signal(),
-            Duration::from_secs(10),
-        )
-        .await;
         slot.state.lock().unwrap().healthy = false;
     }
 

@@ -99,54 +99,55 @@ pub fn alive(pid: u32, dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// The processes working in `dir` that are not children of another one there: the servers
-/// (PostgreSQL's backends and Redis's rewrite children hang below theirs). Whatever a pid file
-/// says, this finds a server a crash left unrecorded (killed between its spawn and the pid file).
-pub fn servers_in(dir: &Path) -> Vec<u32> {
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut found: Vec<(u32, u32)> = Vec::new();
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        if !alive(pid, dir) {
-            continue;
+/// Every live process with its parent and working directory, read from `/proc` once (at start,
+/// to find the servers a crash left unrecorded: killed between the spawn and the pid file).
+pub struct ProcTable(Vec<(u32, u32, PathBuf)>);
+
+impl ProcTable {
+    pub fn scan() -> Self {
+        let mut all = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            let mut fields = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+            if matches!(fields.next(), Some("Z") | Some("X") | None) {
+                continue;
+            }
+            let ppid = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            if let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) {
+                all.push((pid, ppid, cwd));
+            }
         }
-        let ppid = std::fs::read_to_string(e.path().join("stat"))
-            .ok()
-            .and_then(|stat| {
-                stat.rsplit(')')
-                    .next()
-                    .and_then(|s| s.split_whitespace().nth(1))
-                    .and_then(|p| p.parse::<u32>().ok())
-            })
-            .unwrap_or(0);
-        found.push((pid, ppid));
+        Self(all)
     }
-    let pids: std::collections::HashSet<u32> = found.iter().map(|(p, _)| *p).collect();
-    found
-        .into_iter()
-        .filter(|(_, ppid)| !pids.contains(ppid))
-        .map(|(pid, _)| pid)
-        .collect()
-}
 
-/// Stops every server working in `dir` (see [`servers_in`]).
-pub async fn stop_all_in(dir: &Path, signal: i32, grace: Duration) {
-    for pid in servers_in(dir) {
-        tracing::warn!(pid, dir = %dir.display(), "stopping a server process no record knew of");
-        stop(pid, dir, signal, grace).await;
+    /// The processes working in `dir` that are not children of another one there: the servers
+    /// (PostgreSQL's backends and Redis's rewrite children hang below theirs).
+    pub fn servers_in(&self, dir: &Path) -> Vec<u32> {
+        let inside: Vec<(u32, u32)> = self
+            .0
+            .iter()
+            .filter(|(_, _, cwd)| cwd.starts_with(dir))
+            .map(|(pid, ppid, _)| (*pid, *ppid))
+            .collect();
+        inside
+            .iter()
+            .filter(|(_, ppid)| !inside.iter().any(|(p, _)| p == ppid))
+            .map(|(pid, _)| *pid)
+            .collect()
     }
-}
 
-/// SIGKILL to the groups of every server working in `dir` but `keep`.
-pub fn kill_others_in(dir: &Path, keep: Option<u32>) {
-    for pid in servers_in(dir) {
-        if Some(pid) != keep {
-            tracing::warn!(pid, dir = %dir.display(), "killing a second server of one instance");
-            kill_group(pid);
+    /// SIGKILL to the groups of every server working in `dir` but `keep`.
+    pub fn kill_others_in(&self, dir: &Path, keep: Option<u32>) {
+        for pid in self.servers_in(dir) {
+            if Some(pid) != keep && alive(pid, dir) {
+                tracing::warn!(pid, dir = %dir.display(), "killing a server no record keeps");
+                kill_group(pid);
+            }
         }
     }
 }

@@ -102,6 +102,9 @@ pub struct Reconciler {
 const CRASH_LOOP_RESTARTS: usize = 5;
 const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(60);
 
+/// The least time from the start of one pass to the start of the next.
+const MIN_PASS_GAP: Duration = Duration::from_millis(50);
+
 /// How long a soft-deleted service and its backups are kept when `deleteRetentionDays` is not
 /// given (docs/api.md).
 pub const DEFAULT_RETENTION_DAYS: u32 = 7;
@@ -134,6 +137,7 @@ impl Reconciler {
     /// Runs passes until the task is dropped.
     pub async fn run(self: Arc<Self>) {
         loop {
+            let started = tokio::time::Instant::now();
             let status = self.pass().await;
             for e in &status.errors {
                 tracing::warn!(error = %e, "reconcile pass");
@@ -142,6 +146,10 @@ impl Reconciler {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(self.cfg.period) => {}
             }
+            // A pass reads every service: under a storm of wake-ups (hundreds of services
+            // changing at once) they are spaced, so the API keeps its share of the CPU. A lone
+            // wake-up after a quiet moment still starts a pass at once.
+            tokio::time::sleep_until(started + MIN_PASS_GAP).await;
         }
     }
 

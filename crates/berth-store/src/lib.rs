@@ -14,6 +14,9 @@ use berth_types::{
 };
 use time::OffsetDateTime;
 
+pub mod changes;
+
+pub use changes::ChangeFeed;
 pub use crypto::{Cipher, MasterKey};
 pub use sqlite::SqliteStore;
 
@@ -79,6 +82,17 @@ pub trait Store: Send + Sync + 'static {
         include_deleted: bool,
         recent_events: u32,
     ) -> Result<Vec<ServiceRecord>>;
+    /// These services as [`Store::service_list_full`] shows them (those that are gone are
+    /// missing), in one snapshot.
+    async fn service_records(
+        &self,
+        ids: &[ServiceId],
+        recent_events: u32,
+    ) -> Result<Vec<ServiceRecord>>;
+    /// Which services' records (spec, status, backups; not events) changed since `since`, a
+    /// version this answered before (0 at start), and the version now. `None` for the list when
+    /// too many changes went by: read everything again.
+    fn services_changed_since(&self, since: u64) -> (u64, Option<Vec<ServiceId>>);
     /// Replaces the spec (and the secrets, when given) and bumps the generation, only if the
     /// generation is still `expected_generation`; otherwise [`StoreError::Conflict`].
     async fn service_update(

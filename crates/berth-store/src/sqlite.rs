@@ -16,7 +16,7 @@ use sqlx::{Row, SqlitePool};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::{Cipher, NewService, Result, ServiceRecord, Store, StoreError};
+use crate::{ChangeFeed, Cipher, NewService, Result, ServiceRecord, Store, StoreError};
 
 pub struct SqliteStore {
     /// Writes (and the migrations).
@@ -24,7 +24,10 @@ pub struct SqliteStore {
     /// Reads: read-only connections (the same pool in memory, where each connection would be
     /// a database of its own).
     read: SqlitePool,
+    /// The API's lists alone: they never queue behind the reconciler's reads.
+    lists: SqlitePool,
     cipher: Cipher,
+    changes: ChangeFeed,
 }
 
 fn ts(t: OffsetDateTime) -> String {
@@ -62,11 +65,22 @@ impl SqliteStore {
             .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        let read_only = opts.read_only(true);
         let read = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(opts.read_only(true))
+            .connect_with(read_only.clone())
             .await?;
-        Ok(Self { pool, read, cipher })
+        let lists = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(read_only)
+            .await?;
+        Ok(Self {
+            pool,
+            read,
+            lists,
+            cipher,
+            changes: ChangeFeed::default(),
+        })
     }
 
     /// An in-memory database, for tests.
@@ -79,8 +93,10 @@ impl SqliteStore {
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Self {
             read: pool.clone(),
+            lists: pool.clone(),
             pool,
             cipher,
+            changes: ChangeFeed::default(),
         })
     }
 
@@ -94,6 +110,99 @@ impl SqliteStore {
     /// locked" when a deferred transaction's first read has to become a write.
     async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// The records of the services that pass the filter (`ids`: those only), in one snapshot.
+    async fn records(
+        &self,
+        team: Option<i64>,
+        include_deleted: bool,
+        recent_events: u32,
+        ids: Option<&[ServiceId]>,
+    ) -> Result<Vec<ServiceRecord>> {
+        const FILTER: &str = "(?1 IS NULL OR team_id = ?1) AND (?2 OR deleted_at IS NULL) \
+                              AND (?4 IS NULL OR id IN (SELECT value FROM json_each(?4)))";
+        // The ids as one JSON array parameter: any number of them, one statement.
+        let id = ids.map(|ids| {
+            serde_json::to_string(&ids.iter().map(|i| i.to_string()).collect::<Vec<_>>())
+                .expect("ids serialize to JSON")
+        });
+        // One read transaction: the three reads see the same snapshot (WAL), and it never
+        // writes, so it never waits for the write lock.
+        let mut tx = self.lists.begin().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT s.id, s.spec, s.generation, s.created_at, s.deleted_at,
+                    st.state, st.reason, st.observed_generation, st.details, st.since
+             FROM services s LEFT JOIN service_status st ON st.service_id = s.id
+             WHERE {FILTER} ORDER BY s.created_at, s.id"
+        ))
+        .bind(team)
+        .bind(include_deleted)
+        .bind(recent_events)
+        .bind(&id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut index = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let service = Self::row_to_service(row)?;
+            let status = match row.try_get::<Option<String>, _>("state")? {
+                Some(_) => Some(row_to_status(row)?),
+                None => None,
+            };
+            index.insert(service.id.to_string(), out.len());
+            out.push(ServiceRecord {
+                service,
+                status,
+                recent_events: Vec::new(),
+                backups: Vec::new(),
+            });
+        }
+        let events = if recent_events == 0 {
+            Vec::new()
+        } else {
+            sqlx::query(&format!(
+                "SELECT service_id, event FROM (
+                 SELECT service_id, event,
+                        ROW_NUMBER() OVER (PARTITION BY service_id ORDER BY seq DESC) AS n
+                 FROM events WHERE service_id IN (SELECT id FROM services WHERE {FILTER}))
+             WHERE n <= ?3 ORDER BY service_id, n"
+            ))
+            .bind(team)
+            .bind(include_deleted)
+            .bind(recent_events)
+            .bind(&id)
+            .fetch_all(&mut *tx)
+            .await?
+        };
+        for row in &events {
+            let id: String = row.try_get("service_id")?;
+            if let Some(&i) = index.get(&id) {
+                let text: String = row.try_get("event")?;
+                out[i]
+                    .recent_events
+                    .push(serde_json::from_str(&text).map_err(|e| corrupt("event", e))?);
+            }
+        }
+        let backups = sqlx::query(&format!(
+            "SELECT service_id, id, scheduled_at, initiated_at, confirmed_at, error FROM backups
+             WHERE service_id IN (SELECT id FROM services WHERE {FILTER})
+             ORDER BY scheduled_at, id"
+        ))
+        .bind(team)
+        .bind(include_deleted)
+        .bind(recent_events)
+        .bind(&id)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &backups {
+            let id: String = row.try_get("service_id")?;
+            if let Some(&i) = index.get(&id) {
+                out[i].backups.push(row_to_backup(row)?);
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 
     fn unseal(&self, id: ServiceId, sealed: &[u8]) -> Result<Secrets> {
@@ -157,6 +266,7 @@ impl Store for SqliteStore {
             .await?;
         put_status(&mut tx, &id, status).await?;
         tx.commit().await?;
+        self.changes.record(new.id);
         Ok(Service {
             id: new.id,
             spec: new.spec.clone(),
@@ -196,78 +306,23 @@ impl Store for SqliteStore {
         include_deleted: bool,
         recent_events: u32,
     ) -> Result<Vec<ServiceRecord>> {
-        const FILTER: &str = "(?1 IS NULL OR team_id = ?1) AND (?2 OR deleted_at IS NULL)";
-        // One read transaction: the three reads see the same snapshot (WAL), and it never
-        // writes, so it never waits for the write lock.
-        let mut tx = self.read.begin().await?;
-        let rows = sqlx::query(&format!(
-            "SELECT s.id, s.spec, s.generation, s.created_at, s.deleted_at,
-                    st.state, st.reason, st.observed_generation, st.details, st.since
-             FROM services s LEFT JOIN service_status st ON st.service_id = s.id
-             WHERE {FILTER} ORDER BY s.created_at, s.id"
-        ))
-        .bind(team)
-        .bind(include_deleted)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        let mut index = std::collections::HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let service = Self::row_to_service(row)?;
-            let status = match row.try_get::<Option<String>, _>("state")? {
-                Some(_) => Some(row_to_status(row)?),
-                None => None,
-            };
-            index.insert(service.id.to_string(), out.len());
-            out.push(ServiceRecord {
-                service,
-                status,
-                recent_events: Vec::new(),
-                backups: Vec::new(),
-            });
+        self.records(team, include_deleted, recent_events, None)
+            .await
+    }
+
+    async fn service_records(
+        &self,
+        ids: &[ServiceId],
+        recent_events: u32,
+    ) -> Result<Vec<ServiceRecord>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        let events = if recent_events == 0 {
-            Vec::new()
-        } else {
-            sqlx::query(&format!(
-                "SELECT service_id, event FROM (
-                 SELECT service_id, event,
-                        ROW_NUMBER() OVER (PARTITION BY service_id ORDER BY seq DESC) AS n
-                 FROM events WHERE service_id IN (SELECT id FROM services WHERE {FILTER}))
-             WHERE n <= ?3 ORDER BY service_id, n"
-            ))
-            .bind(team)
-            .bind(include_deleted)
-            .bind(recent_events)
-            .fetch_all(&mut *tx)
-            .await?
-        };
-        for row in &events {
-            let id: String = row.try_get("service_id")?;
-            if let Some(&i) = index.get(&id) {
-                let text: String = row.try_get("event")?;
-                out[i]
-                    .recent_events
-                    .push(serde_json::from_str(&text).map_err(|e| corrupt("event", e))?);
-            }
-        }
-        let backups = sqlx::query(&format!(
-            "SELECT service_id, id, scheduled_at, initiated_at, confirmed_at, error FROM backups
-             WHERE service_id IN (SELECT id FROM services WHERE {FILTER})
-             ORDER BY scheduled_at, id"
-        ))
-        .bind(team)
-        .bind(include_deleted)
-        .fetch_all(&mut *tx)
-        .await?;
-        for row in &backups {
-            let id: String = row.try_get("service_id")?;
-            if let Some(&i) = index.get(&id) {
-                out[i].backups.push(row_to_backup(row)?);
-            }
-        }
-        tx.commit().await?;
-        Ok(out)
+        self.records(None, true, recent_events, Some(ids)).await
+    }
+
+    fn services_changed_since(&self, since: u64) -> (u64, Option<Vec<ServiceId>>) {
+        self.changes.since(since)
     }
 
     async fn service_update(
@@ -385,6 +440,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.changes.record(id);
         Ok(svc)
     }
 
@@ -403,6 +459,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.changes.record(id);
         Ok(())
     }
 
@@ -444,6 +501,9 @@ impl Store for SqliteStore {
                 .await?;
         }
         tx.commit().await?;
+        if status.is_some() {
+            self.changes.record(id);
+        }
         Ok(())
     }
 
@@ -463,6 +523,7 @@ impl Store for SqliteStore {
             .bind(ts(entry.scheduled_at))
             .execute(&self.pool)
             .await?;
+        self.changes.record(service);
         Ok(())
     }
 
@@ -478,15 +539,19 @@ impl Store for SqliteStore {
     }
 
     async fn backup_update(&self, entry: &BackupEntry) -> Result<()> {
-        sqlx::query(
-            "UPDATE backups SET initiated_at = ?, confirmed_at = ?, error = ? WHERE id = ?",
+        let service: Option<String> = sqlx::query_scalar(
+            "UPDATE backups SET initiated_at = ?, confirmed_at = ?, error = ? WHERE id = ?
+             RETURNING service_id",
         )
         .bind(entry.initiated_at.map(ts))
         .bind(entry.confirmed_at.map(ts))
         .bind(&entry.error)
         .bind(entry.id.to_string())
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
+        if let Some(id) = service.and_then(|s| ServiceId::parse_str(&s).ok()) {
+            self.changes.record(id);
+        }
         Ok(())
     }
 

@@ -128,6 +128,51 @@ async fn suite(store: &dyn Store) {
     assert_eq!(next.len(), 4);
     assert_eq!(next[0].1.body, "event 2");
 
+    // the change feed names the services whose records changed, after they committed
+    let (v0, _) = store.services_changed_since(u64::MAX);
+    store
+        .status_record(
+            a.id,
+            None,
+            &[Event::new(a.id, "x", Severity::Info, "only an event", now)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.services_changed_since(v0).1,
+        Some(vec![]),
+        "events are not in lists"
+    );
+    let synced = ServiceStatus::new(ServiceState::Synchronized, 2, now);
+    store.status_record(a.id, Some(&synced), &[]).await.unwrap();
+    let (v1, changed) = store.services_changed_since(v0);
+    assert_eq!(changed, Some(vec![a.id]));
+    let some = store
+        .service_records(&[a.id, Uuid::new_v4()], 0)
+        .await
+        .unwrap();
+    assert_eq!(some.len(), 1, "a service that is gone is missing");
+    assert_eq!(
+        some[0].status.as_ref().unwrap().state,
+        ServiceState::Synchronized
+    );
+    let entry = BackupEntry {
+        id: Uuid::new_v4(),
+        scheduled_at: now,
+        initiated_at: None,
+        confirmed_at: None,
+        error: None,
+    };
+    store.backup_insert(b.id, &entry).await.unwrap();
+    store
+        .backup_update(&BackupEntry {
+            initiated_at: Some(now),
+            ..entry.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.services_changed_since(v1).1, Some(vec![b.id]));
+
     // the full list: the same services, each with its status, newest events and backups
     let full = store.service_list_full(Some(1), false, 2).await.unwrap();
     assert_eq!(full.len(), 1);

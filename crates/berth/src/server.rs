@@ -376,6 +376,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         store,
         catalog,
         reconciler,
+        lists: Default::default(),
     });
     let router = berth_api::router(AppState {
         app,

@@ -790,6 +790,23 @@ async fn pause_releases_the_process_and_resume_keeps_the_data() {
     s.wait_state(&redis_id, "paused", READY).await;
     assert_eq!(paused["pause"], true);
     assert_eq!(paused["status"]["details"]["running"], false);
+    // The list (a read model refreshed from the store's change feed) shows the same.
+    let (_, list) = s.get("/api/managed-services").await;
+    for id in [&pg_id, &redis_id] {
+        let listed = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["id"] == id.as_str())
+            .unwrap();
+        let (_, one) = s.get(&format!("/api/managed-services/{id}")).await;
+        assert_eq!(listed["status"]["state"], "paused");
+        assert_eq!(
+            listed["status"], one["status"],
+            "the list is as fresh as GET"
+        );
+        assert_eq!(listed["recentEvents"], json!([]));
+    }
     assert!(
         s.instance_pids().is_empty(),
         "a paused service runs no process"
