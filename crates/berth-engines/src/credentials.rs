@@ -56,6 +56,16 @@ pub fn env_vars(
                 ("REDIS_PASSWORD", pw),
             ]
         }
+        "s3" => vec![
+            ("S3_ENDPOINT", s(details, "endpoint")),
+            ("S3_BUCKET", s(details, "bucket")),
+            (
+                "AWS_ACCESS_KEY_ID",
+                crate::garage::access_key_id(&s(secrets, "secretAccessKey")),
+            ),
+            ("AWS_SECRET_ACCESS_KEY", s(secrets, "secretAccessKey")),
+            ("S3_REGION", s(details, "region")),
+        ],
         _ => vec![("HOST", host), ("PORT", port)],
     };
     let prefix = prefix.unwrap_or("DEFAULT").to_ascii_uppercase();

@@ -9,6 +9,8 @@ use std::process::Command;
 pub enum EngineKind {
     Postgres,
     Redis,
+    /// S3 object storage.
+    Garage,
 }
 
 impl EngineKind {
@@ -16,6 +18,7 @@ impl EngineKind {
         match s {
             "postgres" => Some(Self::Postgres),
             "redis" => Some(Self::Redis),
+            "garage" => Some(Self::Garage),
             _ => None,
         }
     }
@@ -23,6 +26,7 @@ impl EngineKind {
         match self {
             Self::Postgres => "postgres",
             Self::Redis => "redis",
+            Self::Garage => "garage",
         }
     }
 }
@@ -74,6 +78,9 @@ impl Installations {
                 }
                 Some(n) if n.starts_with("redis-") => {
                     candidates.push((EngineKind::Redis, entry.join("bin/redis-server")))
+                }
+                Some(n) if n.starts_with("garage-") => {
+                    candidates.push((EngineKind::Garage, entry.join("bin/garage")))
                 }
                 _ => {}
             }
@@ -159,6 +166,12 @@ fn probe_version(kind: EngineKind, server: &Path) -> Option<(&'static str, Strin
             };
             let v = text.split_whitespace().find_map(|w| w.strip_prefix("v="))?;
             Some((product, v.to_owned()))
+        }
+        EngineKind::Garage => {
+            // `garage cargo:2.5.0 [features: ...]` or `garage v2.5.0 ...`
+            let w = text.split_whitespace().nth(1)?;
+            let v = w.rsplit(':').next()?.trim_start_matches('v');
+            Some(("Garage", v.to_owned()))
         }
     }
 }

@@ -2,17 +2,20 @@
 //!
 //! - [`install`]: which engine versions are installed, found by looking at the host
 //!   (Debian's packages and the tarballs `scripts/setup.sh` unpacks under the engines directory).
-//! - [`postgres`], [`redis`]: per engine, how to lay out an instance's files, write its config from
+//! - [`postgres`], [`redis`], [`garage`] (S3): per engine, how to lay out an instance's files, write its config from
 //!   the plan, start it, set its credentials and check its health with them.
 //! - [`credentials`]: the environment variables an application uses (CONTRACTS.md §5).
+//! - [`s3`]: AWS Signature Version 4 and one signed request, for the S3 health check.
 //!
 //! The process lifecycle (ports, spawning, limits, adoption) is the local backend's; an engine only
 //! says what to run and how to talk to it.
 
 pub mod credentials;
+pub mod garage;
 pub mod install;
 pub mod postgres;
 pub mod redis;
+pub mod s3;
 pub mod scram;
 
 use std::path::PathBuf;

@@ -30,6 +30,7 @@ pub const BUILTIN_PROVIDERS: &[(&str, &str)] = &[
         "redis",
         include_str!("../../../providers/redis/provider.yml"),
     ),
+    ("s3", include_str!("../../../providers/s3/provider.yml")),
 ];
 
 /// A running server: its address and the admin token, for tests and the benchmarks.
@@ -189,6 +190,7 @@ pub fn builtin_backends(
         data_dir.join("templates"),
     ));
     let redis: Arc<dyn Engine> = Arc::new(berth_engines::redis::Redis);
+    let garage: Arc<dyn Engine> = Arc::new(berth_engines::garage::Garage);
     let mut providers = Vec::new();
     for (name, yaml) in BUILTIN_PROVIDERS {
         let def = ProviderDefinition::from_yaml(yaml)
@@ -196,6 +198,7 @@ pub fn builtin_backends(
         let engine = match EngineKind::parse(def.local_engine().unwrap_or_default()) {
             Some(EngineKind::Postgres) => postgres.clone(),
             Some(EngineKind::Redis) => redis.clone(),
+            Some(EngineKind::Garage) => garage.clone(),
             None => bail!("built-in provider {name} names no known engine"),
         };
         let installed = host.installations().majors(engine.kind());
