@@ -151,10 +151,16 @@ async fn an_s3_service_stores_objects_with_its_own_key_and_quotas() {
         if code == 403 {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "the old key still works: {code}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the old key still works: {code}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("the old key stopped working {:?} after the new one worked", t0.elapsed());
+    eprintln!(
+        "the old key stopped working {:?} after the new one worked",
+        t0.elapsed()
+    );
 
     // Delete: the server and its data go.
     s.call(reqwest::Method::DELETE, &path, None).await;
