@@ -572,13 +572,7 @@ impl App {
                 "backups are not enabled for this service",
             ));
         }
-        let b = BackupEntry {
-            id: Uuid::new_v4(),
-            scheduled_at: OffsetDateTime::now_utc(),
-            initiated_at: None,
-            confirmed_at: None,
-            error: None,
-        };
+        let b = BackupEntry::scheduled(OffsetDateTime::now_utc());
         self.store.backup_insert(id, &b).await?;
         self.reconciler.wake();
         Ok(b)

@@ -153,22 +153,36 @@ fn quotas(ctx: &InstanceCtx) -> Value {
     })
 }
 
-async fn bucket_id(ctx: &InstanceCtx) -> Result<String> {
+/// The id of the service's bucket, `None` before it is made.
+async fn find_bucket(ctx: &InstanceCtx) -> Result<Option<String>> {
     let name = bucket(&ctx.config);
-    let v = admin_ok(
-        ctx,
-        "GET",
-        &format!(
-            "/v2/GetBucketInfo?globalAlias={}",
-            s3::uri_encode(&name, false)
-        ),
-        None,
-    )
-    .await?;
-    v.get("id")
+    let path = format!(
+        "/v2/GetBucketInfo?globalAlias={}",
+        s3::uri_encode(&name, false)
+    );
+    match admin(ctx, "GET", &path, None).await? {
+        (404, _) => Ok(None),
+        (200..=299, v) => id_of(&v).map(Some),
+        (status, v) => Err(EngineError::Command(format!(
+            "Garage admin API {path} answered {status}: {}",
+            v.get("message").and_then(Value::as_str).unwrap_or("")
+        ))),
+    }
+}
+
+fn id_of(bucket_info: &Value) -> Result<String> {
+    bucket_info
+        .get("id")
         .and_then(Value::as_str)
         .map(str::to_owned)
         .ok_or_else(|| EngineError::Command("Garage did not say the bucket's id".into()))
+}
+
+/// The id of the service's bucket, which `bootstrap` made.
+async fn bucket_id(ctx: &InstanceCtx) -> Result<String> {
+    find_bucket(ctx)
+        .await?
+        .ok_or_else(|| EngineError::Command("the service's bucket is missing".into()))
 }
 
 /// Makes sure the key of `secrets` exists and has the bucket, and that no other key does (the
@@ -327,27 +341,18 @@ impl crate::Engine for Garage {
             )
             .await?;
         }
-        let name = bucket(&ctx.config);
-        let (found, _) = admin(
-            ctx,
-            "GET",
-            &format!(
-                "/v2/GetBucketInfo?globalAlias={}",
-                s3::uri_encode(&name, false)
-            ),
-            None,
-        )
-        .await?;
-        if found == 404 {
-            admin_ok(
-                ctx,
-                "POST",
-                "/v2/CreateBucket",
-                Some(json!({"globalAlias": name})),
-            )
-            .await?;
-        }
-        let id = bucket_id(ctx).await?;
+        let id = match find_bucket(ctx).await? {
+            Some(id) => id,
+            None => id_of(
+                &admin_ok(
+                    ctx,
+                    "POST",
+                    "/v2/CreateBucket",
+                    Some(json!({"globalAlias": bucket(&ctx.config)})),
+                )
+                .await?,
+            )?,
+        };
         set_key(ctx, secrets, &id).await?;
         admin_ok(
             ctx,

@@ -423,13 +423,7 @@ impl Reconciler {
                 .max()
                 .unwrap_or(svc.created_at);
             if now() - last >= time::Duration::hours(hours.into()) {
-                let b = BackupEntry {
-                    id: uuid::Uuid::new_v4(),
-                    scheduled_at: now(),
-                    initiated_at: None,
-                    confirmed_at: None,
-                    error: None,
-                };
+                let b = BackupEntry::scheduled(now());
                 self.store.backup_insert(svc.id, &b).await?;
                 list.push(b);
             }
@@ -466,13 +460,7 @@ impl Reconciler {
         let b = match finals.last() {
             Some(b) if b.confirmed_at.is_none() && b.error.is_none() => b.clone(),
             _ => {
-                let b = BackupEntry {
-                    id: uuid::Uuid::new_v4(),
-                    scheduled_at: now(),
-                    initiated_at: None,
-                    confirmed_at: None,
-                    error: None,
-                };
+                let b = BackupEntry::scheduled(now());
                 self.store.backup_insert(svc.id, &b).await?;
                 let ev = Event::new(
                     svc.id,

@@ -201,3 +201,16 @@ pub struct BackupEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
+
+impl BackupEntry {
+    /// A backup asked for at `at` (by a user, a schedule or a delete), not started yet.
+    pub fn scheduled(at: OffsetDateTime) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            scheduled_at: at,
+            initiated_at: None,
+            confirmed_at: None,
+            error: None,
+        }
+    }
+}
