@@ -95,6 +95,8 @@ pub struct Reconciler {
     limiter: Semaphore,
     /// Per service: when its instance was restarted lately (crash-loop detection).
     restarts: StdMutex<HashMap<ServiceId, Vec<tokio::time::Instant>>>,
+    /// Set by [`Reconciler::stop`]: no new work starts.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 /// This many restarts within [`CRASH_LOOP_WINDOW`] make a crash loop: no more restarts until the
@@ -126,7 +128,21 @@ impl Reconciler {
             backends_in_flight: StdMutex::new(HashSet::new()),
             backoff: StdMutex::new(HashMap::new()),
             restarts: StdMutex::new(HashMap::new()),
+            stopped: Default::default(),
         })
+    }
+
+    /// Starts no more work; what is under way finishes (see [`Reconciler::idle`]). Used before
+    /// tearing a server down in-process, so no instance is started after its cleanup.
+    pub fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Nothing is being worked on.
+    pub fn idle(&self) -> bool {
+        self.in_flight.lock().unwrap().is_empty()
+            && self.backends_in_flight.lock().unwrap().is_empty()
     }
 
     /// Asks for a pass as soon as possible. Wake-ups collapse into one pass.
@@ -230,6 +246,9 @@ impl Reconciler {
 
     /// Marks `id` as being worked on; false when it already is, or is backing off.
     fn claim(&self, id: ServiceId) -> bool {
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
         if let Some((_, at)) = self.backoff.lock().unwrap().get(&id) {
             if *at > tokio::time::Instant::now() {
                 return false;

@@ -38,6 +38,8 @@ pub struct Running {
     pub addr: std::net::SocketAddr,
     pub token: String,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// To stop it before tearing the server down in-process (tests).
+    pub reconciler: Arc<Reconciler>,
 }
 
 /// Looks up the OS user instances run as, when running as root.
@@ -374,6 +376,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         changed,
     );
     tokio::spawn(reconciler.clone().run());
+    let app_reconciler = reconciler.clone();
 
     let app = Arc::new(App {
         store,
@@ -396,7 +399,12 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
             .await
             .context("serving HTTP")
     });
-    Ok(Running { addr, token, task })
+    Ok(Running {
+        addr,
+        token,
+        task,
+        reconciler: app_reconciler,
+    })
 }
 
 async fn shutdown_signal() {

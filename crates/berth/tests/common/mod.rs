@@ -16,6 +16,8 @@ pub struct TestServer {
     pub token: String,
     pub http: reqwest::Client,
     child: Option<std::process::Child>,
+    /// The in-process server's reconciler, stopped before the cleanup in `Drop`.
+    reconciler: Option<std::sync::Arc<berth_reconciler::Reconciler>>,
     pub ports: (u16, u16),
 }
 
@@ -70,6 +72,7 @@ impl TestServer {
             http: reqwest::Client::new(),
             dir,
             child: None,
+            reconciler: Some(running.reconciler),
             ports,
         }
     }
@@ -84,6 +87,7 @@ impl TestServer {
             http: reqwest::Client::new(),
             dir,
             child: None,
+            reconciler: None,
             ports,
         };
         s.spawn_child().await;
@@ -279,6 +283,15 @@ impl Drop for TestServer {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // In-process: no instance may be (re)started after the cleanup below. Stop the
+        // reconciler and let what it is doing finish (the other runtime worker runs it).
+        if let Some(r) = &self.reconciler {
+            r.stop();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !r.idle() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
         for pid in instance_pids_under(self.dir.path()) {
             // SAFETY: plain syscall on processes working in this test's own temp dir.
