@@ -70,10 +70,13 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(read_only.clone())
             .await?;
+        // Opened on first use, by the thread that lists (its worker thread inherits that
+        // thread's CPU priority), and kept.
         let lists = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(read_only)
-            .await?;
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with(read_only);
         Ok(Self {
             pool,
             read,

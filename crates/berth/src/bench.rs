@@ -769,18 +769,29 @@ pub async fn scale(args: BenchArgs, count: usize) -> anyhow::Result<()> {
 
     // The dashboard: list everything, back to back, timing each answer; and the memory sampler.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The dashboard is a client of its own (thread, runtime, connection): the load generator's
+    // work here must not delay its clock.
     let lister = {
-        let (c, stop) = (c.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut ms = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let t0 = Instant::now();
-                if c.get_bytes("/api/managed-services").await.is_ok() {
-                    ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        let (c, stop) = (
+            Client::new(&server.client.base(), server.client.token()),
+            stop.clone(),
+        );
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("building the dashboard's runtime");
+            rt.block_on(async move {
+                let mut ms = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    if c.get_bytes("/api/managed-services").await.is_ok() {
+                        ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            ms
+                ms
+            })
         })
     };
     let sampler = {
@@ -825,7 +836,9 @@ pub async fn scale(args: BenchArgs, count: usize) -> anyhow::Result<()> {
         phases.push((label, t0.elapsed()));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut busy = lister.await?;
+    let mut busy = lister
+        .join()
+        .map_err(|_| anyhow::anyhow!("the dashboard thread panicked"))?;
     let peak = sampler.await?;
 
     // Baseline: the same list on the same server once everything is settled.

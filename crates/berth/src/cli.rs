@@ -53,6 +53,16 @@ impl Client {
         }
     }
 
+    /// The server's address, for a second client of its own.
+    pub fn base(&self) -> String {
+        self.base.clone()
+    }
+
+    /// The bearer token, for a second client of its own.
+    pub fn token(&self) -> Option<String> {
+        self.token.clone()
+    }
+
     pub async fn call(
         &self,
         method: reqwest::Method,

@@ -40,6 +40,17 @@ pub struct Running {
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
     /// To stop it before tearing the server down in-process (tests).
     pub reconciler: Arc<Reconciler>,
+    /// Ends the API (its thread and runtime) when dropped; the server's own run ends on a signal.
+    pub api: ApiStop,
+}
+
+/// Stops the API thread when dropped (in-process servers: tests).
+pub struct ApiStop(Arc<Notify>);
+
+impl Drop for ApiStop {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
 }
 
 /// Looks up the OS user instances run as, when running as root.
@@ -393,19 +404,62 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
         .with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "berth server ready");
+    // The API answers on a thread and runtime of its own: the reconciler's work (process
+    // starts, file writes, health probes) never holds up a request waiting for a worker.
+    let listener = listener.into_std()?;
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let stop = Arc::new(Notify::new());
+    let stopped = stop.clone();
+    std::thread::Builder::new()
+        .name("berth-api".into())
+        .spawn(move || {
+            raise_priority();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("building the API runtime");
+            let result = rt.block_on(async move {
+                let listener = TcpListener::from_std(listener)?;
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        tokio::select! {
+                            _ = shutdown_signal() => {}
+                            _ = stopped.notified() => {}
+                        }
+                    })
+                    .await
+                    .context("serving HTTP")
+            });
+            let _ = done.send(result);
+        })?;
     let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown_signal())
+        finished
             .await
-            .context("serving HTTP")
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the API thread ended")))
     });
     Ok(Running {
         addr,
         token,
         task,
         reconciler: app_reconciler,
+        api: ApiStop(stop),
     })
 }
+
+/// Gives the calling thread (and the threads it starts) a higher CPU priority than the
+/// instances, where allowed (root): on a busy machine the API keeps answering promptly.
+fn raise_priority() {
+    // SAFETY: plain syscalls on the calling thread; failure (no CAP_SYS_NICE) changes nothing.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, API_NICE) != 0 {
+            tracing::debug!("the API thread keeps the default CPU priority");
+        }
+    }
+}
+
+/// The API thread's niceness (instances and the reconciler run at 0).
+const API_NICE: i32 = -5;
 
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -427,5 +481,8 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         data_dir.display(),
         data_dir.display()
     );
-    running.task.await?
+    let Running { task, api, .. } = running;
+    let result = task.await?;
+    drop(api);
+    result
 }

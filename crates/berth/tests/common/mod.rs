@@ -18,6 +18,8 @@ pub struct TestServer {
     child: Option<std::process::Child>,
     /// The in-process server's reconciler, stopped before the cleanup in `Drop`.
     reconciler: Option<std::sync::Arc<berth_reconciler::Reconciler>>,
+    /// The in-process server's API, stopped (its thread ends) with the server.
+    _api: Option<berth::server::ApiStop>,
     pub ports: (u16, u16),
 }
 
@@ -73,6 +75,7 @@ impl TestServer {
             dir,
             child: None,
             reconciler: Some(running.reconciler),
+            _api: Some(running.api),
             ports,
         }
     }
@@ -88,6 +91,7 @@ impl TestServer {
             dir,
             child: None,
             reconciler: None,
+            _api: None,
             ports,
         };
         s.spawn_child().await;
