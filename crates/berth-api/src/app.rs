@@ -12,8 +12,8 @@ use berth_types::api::{
 };
 use berth_types::{
     validate, BackupEntry, BackupSettings, Event, FieldError, Invalid, JsonMap, PlanSelection,
-    ProviderDefinition, ProviderRef, Secrets, Service, ServiceId, ServiceSpec, ServiceState,
-    ServiceStatus, Severity,
+    ProviderDefinition, ProviderRef, RecoverFrom, Secrets, Service, ServiceId, ServiceSpec,
+    ServiceState, ServiceStatus, Severity,
 };
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -85,6 +85,136 @@ impl App {
             })
     }
 
+    /// Reads `recoverFrom` (`{id, config?, secrets?}`, or `{msId, time, ...}`): the backup must
+    /// be a confirmed one of a service of the same team and provider. The store it is read
+    /// from is the source's backup store unless the request names another. Answers the
+    /// recovery, the source service and the store's secrets; problems go to `errors`.
+    async fn recovery_checked(
+        &self,
+        def: &berth_types::ProviderDefinition,
+        team: i64,
+        v: &Value,
+        errors: &mut Vec<FieldError>,
+    ) -> Result<Option<(RecoverFrom, Service, JsonMap)>, ApiError> {
+        let Some(obj) = v.as_object() else {
+            errors.push(FieldError::new(
+                "recoverFrom",
+                "must be an object: {id} or {msId, time}",
+            ));
+            return Ok(None);
+        };
+        for k in obj.keys() {
+            if !["id", "msId", "time", "config", "secrets"].contains(&k.as_str()) {
+                errors.push(FieldError::new(
+                    format!("recoverFrom.{k}"),
+                    "unknown field; expected id, msId, time, config, secrets",
+                ));
+            }
+        }
+        let map = |k: &str, errors: &mut Vec<FieldError>| match obj.get(k) {
+            None | Some(Value::Null) => JsonMap::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(_) => {
+                errors.push(FieldError::new(
+                    format!("recoverFrom.{k}"),
+                    "must be an object",
+                ));
+                JsonMap::new()
+            }
+        };
+        let (config, secrets) = (map("config", errors), map("secrets", errors));
+        if obj.contains_key("msId") || obj.contains_key("time") {
+            errors.push(FieldError::new(
+                "recoverFrom.time",
+                "point-in-time recovery is not available yet; recover from a backup with {id}",
+            ));
+            return Ok(None);
+        }
+        let Some(id) = obj
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<Uuid>().ok())
+        else {
+            errors.push(FieldError::new(
+                "recoverFrom.id",
+                "must be the id (uuid) of a backup",
+            ));
+            return Ok(None);
+        };
+        let no_such = |errors: &mut Vec<FieldError>| {
+            errors.push(FieldError::new(
+                "recoverFrom.id",
+                format!("no backup {id} for team {team}"),
+            ));
+        };
+        let Some((owner, backup)) = self.store.backup_get(id).await? else {
+            no_such(errors);
+            return Ok(None);
+        };
+        let source = self.store.service_get(owner).await?;
+        if source.spec.team_id != team {
+            no_such(errors);
+            return Ok(None);
+        }
+        if source.spec.provider.name != def.name {
+            errors.push(FieldError::new(
+                "recoverFrom.id",
+                format!(
+                    "backup {id} holds {} data; create a {} service to restore it",
+                    source.spec.provider.name, source.spec.provider.name
+                ),
+            ));
+            return Ok(None);
+        }
+        if backup.confirmed_at.is_none() {
+            errors.push(FieldError::new(
+                "recoverFrom.id",
+                format!("backup {id} is not confirmed; only a confirmed backup can be restored"),
+            ));
+            return Ok(None);
+        }
+        let (config, secrets) = if config.is_empty() {
+            let stored = self.store.secrets_get(owner).await?;
+            let config = source
+                .spec
+                .backups
+                .config
+                .as_ref()
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            let secrets = if secrets.is_empty() {
+                stored.backups
+            } else {
+                secrets
+            };
+            (config, secrets)
+        } else {
+            (config, secrets)
+        };
+        if let Some(schemas) = &def.backups {
+            errors.extend(validate::against_schema(
+                &schemas.config_schema,
+                &Value::Object(config.clone()),
+                "recoverFrom.config",
+                false,
+            ));
+            errors.extend(validate::against_schema(
+                &schemas.secrets_schema,
+                &Value::Object(secrets.clone()),
+                "recoverFrom.secrets",
+                true,
+            ));
+        }
+        let recover = RecoverFrom {
+            backup_id: id,
+            ms_id: owner,
+            time: None,
+            config,
+        };
+        Ok(Some((recover, source, secrets)))
+    }
+
     // ---- managed services -------------------------------------------------------------------
 
     pub async fn service_create(
@@ -106,14 +236,13 @@ impl App {
         if req.team_id < 1 {
             errors.push(FieldError::new("teamId", "must be a positive integer"));
         }
-        if req.recover_from.is_some() {
-            // A well-formed request this server cannot serve yet: 422 on the field, like any
-            // other unsupported value, rather than a 5xx.
-            errors.push(FieldError::new(
-                "recoverFrom",
-                "restoring from a backup is not available yet",
-            ));
-        }
+        let recovery = match &req.recover_from {
+            None => None,
+            Some(v) => {
+                self.recovery_checked(def, req.team_id, v, &mut errors)
+                    .await?
+            }
+        };
         if req.pause == Some(true) && !def.capabilities.pause {
             errors.push(FieldError::new(
                 "pause",
@@ -125,12 +254,20 @@ impl App {
             parameters: None,
         });
         let plan = plan_selection(def, &plan_input, None, &mut errors);
-        let config = config_checked(
-            &entry,
-            req.config.clone().unwrap_or_default(),
-            None,
-            &mut errors,
-        );
+        let mut config_in = req.config.clone().unwrap_or_default();
+        if let Some((_, source, _)) = &recovery {
+            // A recovered service is the source's data: same version, user and database.
+            for (k, v) in &config_in {
+                if source.spec.config.get(k).is_some_and(|s| s != v) {
+                    errors.push(FieldError::new(
+                        format!("config.{k}"),
+                        "a recovered service takes its source's config; change it afterwards with PATCH",
+                    ));
+                }
+            }
+            config_in = source.spec.config.clone();
+        }
+        let config = config_checked(&entry, config_in, None, &mut errors);
         let given = req.secrets.clone().unwrap_or_default();
         errors.extend(validate::against_schema(
             &def.secrets_schema,
@@ -160,6 +297,10 @@ impl App {
                 }
             }
         }
+        let (recover_from, recover_secrets) = match recovery {
+            Some((r, _, secrets)) => (Some(r), secrets),
+            None => (None, JsonMap::new()),
+        };
         let secrets = Secrets {
             service: service_secrets,
             backups: req
@@ -167,6 +308,7 @@ impl App {
                 .as_ref()
                 .and_then(|b| b.secrets.clone())
                 .unwrap_or_default(),
+            recover: recover_secrets,
         };
         let now = OffsetDateTime::now_utc();
         let new = NewService {
@@ -182,6 +324,7 @@ impl App {
                 config,
                 pause: req.pause.unwrap_or(false),
                 backups,
+                recover_from,
             },
             created_at: now,
         };
@@ -762,6 +905,37 @@ fn backups_checked(
         }
         Some(v as u32)
     };
+    if b.enabled {
+        if let Some(schemas) = &def.backups {
+            // A PATCH may leave the secrets out (they are kept); a create must give them.
+            let config = b
+                .config
+                .clone()
+                .map(Value::Object)
+                .or_else(|| current.and_then(|c| c.config.clone()));
+            errors.extend(validate::against_schema(
+                &schemas.config_schema,
+                &config.unwrap_or_else(|| Value::Object(JsonMap::new())),
+                "backups.config",
+                false,
+            ));
+            if let Some(secrets) = &b.secrets {
+                errors.extend(validate::against_schema(
+                    &schemas.secrets_schema,
+                    &Value::Object(secrets.clone()),
+                    "backups.secrets",
+                    true,
+                ));
+            } else if current.is_none_or(|c| !c.enabled) {
+                errors.extend(validate::against_schema(
+                    &schemas.secrets_schema,
+                    &Value::Object(JsonMap::new()),
+                    "backups.secrets",
+                    true,
+                ));
+            }
+        }
+    }
     BackupSettings {
         enabled: b.enabled,
         delete_retention_days: range(

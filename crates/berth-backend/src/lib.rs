@@ -29,6 +29,20 @@ pub struct InstanceSpec {
     pub secrets: JsonMap,
     /// Berth's built-in backends take pause as part of the spec (CONTRACTS.md §2 leaves it open).
     pub pause: bool,
+    /// Make the instance's data from this backup instead of empty (`recoverFrom`).
+    pub recover_from: Option<Recovery>,
+}
+
+/// The contract's `recoverFrom {id, config, secrets}`, with what Berth knows besides: whose
+/// backup it is and, for a point-in-time recovery, the time.
+#[derive(Clone)]
+pub struct Recovery {
+    pub backup_id: Uuid,
+    pub ms_id: Uuid,
+    pub time: Option<time::OffsetDateTime>,
+    /// The backup store's settings and secrets.
+    pub config: JsonMap,
+    pub secrets: JsonMap,
 }
 
 impl std::fmt::Debug for InstanceSpec {
@@ -39,6 +53,10 @@ impl std::fmt::Debug for InstanceSpec {
             .field("config", &self.config)
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .field("pause", &self.pause)
+            .field(
+                "recover_from",
+                &self.recover_from.as_ref().map(|r| (r.ms_id, r.backup_id)),
+            )
             .finish()
     }
 }
@@ -83,6 +101,9 @@ pub struct BackupRequest {
     pub config: JsonMap,
     pub secrets: JsonMap,
     pub retention_days: Option<u32>,
+    /// The service's own secrets, for backends in this process that need them to take the
+    /// backup (a Redis password). Never sent over the wire.
+    pub service_secrets: JsonMap,
 }
 
 /// The contract's `{exists, error?}`.

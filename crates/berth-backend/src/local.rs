@@ -24,8 +24,8 @@ use uuid::Uuid;
 
 use crate::limits::Cgroups;
 use crate::{
-    process, BackendError, InstancePatch, InstanceSpec, InstanceStatus, ProviderBackend, Result,
-    UpdateEffect,
+    process, BackendError, BackupRequest, BackupState, InstancePatch, InstanceSpec, InstanceStatus,
+    ProviderBackend, Result, UpdateEffect,
 };
 
 /// What is persisted per instance, in `instance.json`.
@@ -86,6 +86,16 @@ pub struct LocalHost {
     reserved_ports: StdMutex<HashSet<u16>>,
     /// Signalled when an instance process exits, so the reconciler looks at once.
     changed: Arc<Notify>,
+    /// Backups taken by this process: under way, or how they ended (until their status is
+    /// asked for). One missing here was interrupted by a restart, unless the store has it.
+    jobs: StdMutex<HashMap<Uuid, Job>>,
+}
+
+/// One backup taken here.
+#[derive(Clone)]
+enum Job {
+    Running,
+    Done(std::result::Result<(), String>),
 }
 
 impl LocalHost {
@@ -101,6 +111,7 @@ impl LocalHost {
             reserved_ports: StdMutex::new(HashSet::new()),
             changed,
             cfg,
+            jobs: StdMutex::new(HashMap::new()),
         });
         let procs = process::ProcTable::scan();
         for entry in std::fs::read_dir(&instances)?.flatten() {
@@ -178,6 +189,22 @@ impl LocalHost {
 
     fn release_port(&self, port: u16) {
         self.reserved_ports.lock().unwrap().remove(&port);
+    }
+}
+
+/// The backup store of a request; wrong settings wait for the user.
+fn bucket_of(config: &JsonMap, secrets: &JsonMap) -> Result<berth_backup::Bucket> {
+    berth_backup::Bucket::from_settings(config, secrets)
+        .map_err(|e| BackendError::Invalid(e.to_string()))
+}
+
+/// A backup-layer error in this layer's terms: settings and missing backups wait for the
+/// user, the rest is retried.
+fn backup_error(what: &str, e: berth_backup::BackupError) -> BackendError {
+    use berth_backup::BackupError as E;
+    match e {
+        E::Settings(_) | E::NotFound(_) => BackendError::Invalid(format!("{what}: {e}")),
+        _ => BackendError::Failed(format!("{what}: {e}")),
     }
 }
 
@@ -423,10 +450,24 @@ impl LocalBackend {
         slot.state.lock().unwrap().record = Some(record.clone());
         let ctx = self.ctx(&record)?;
         let t0 = Instant::now();
-        self.engine
-            .init(&ctx, self.host.cfg.run_as)
-            .await
-            .map_err(|e| BackendError::Failed(format!("laying out the data directory: {e}")))?;
+        match &spec.recover_from {
+            None => self
+                .engine
+                .init(&ctx, self.host.cfg.run_as)
+                .await
+                .map_err(|e| BackendError::Failed(format!("laying out the data directory: {e}")))?,
+            Some(r) => {
+                let bucket = bucket_of(&r.config, &r.secrets)?;
+                let target = berth_backup::restore::Target {
+                    kind: self.kind(),
+                    ctx: &ctx,
+                    run_as: self.host.cfg.run_as,
+                };
+                berth_backup::restore::restore(&target, &bucket, r.ms_id, r.backup_id)
+                    .await
+                    .map_err(|e| backup_error(&format!("restoring backup {}", r.backup_id), e))?;
+            }
+        }
         tracing::debug!(id = %spec.id, init_ms = t0.elapsed().as_millis() as u64, "instance files laid out");
         self.start(slot, &record, &spec.secrets, true).await?;
         let mut record = record;
@@ -690,6 +731,93 @@ impl ProviderBackend for LocalBackend {
 
     fn sweeps_orphans(&self) -> bool {
         true
+    }
+
+    async fn backup_start(&self, backup: Uuid, req: &BackupRequest) -> Result<()> {
+        let bucket = bucket_of(&req.config, &req.secrets)?;
+        let slot = self
+            .host
+            .existing_slot(req.ms_id)
+            .ok_or(BackendError::NotFound(req.ms_id))?;
+        let (record, secrets) = {
+            let st = slot.state.lock().unwrap();
+            let record = st.record.clone().ok_or(BackendError::NotFound(req.ms_id))?;
+            let secrets = if req.service_secrets.is_empty() {
+                st.secrets.clone().unwrap_or_default()
+            } else {
+                req.service_secrets.clone()
+            };
+            (record, secrets)
+        };
+        if record.paused || !self.is_running(&slot, &self.host.dir(req.ms_id)) {
+            return Err(BackendError::Failed(
+                "the instance is not running (paused or stopped): backups are taken from a running server"
+                    .into(),
+            ));
+        }
+        let ctx = self.ctx(&record)?;
+        let (kind, run_as, ms_id) = (self.kind(), self.host.cfg.run_as, req.ms_id);
+        self.host.jobs.lock().unwrap().insert(backup, Job::Running);
+        let host = self.host.clone();
+        tokio::spawn(async move {
+            let src = berth_backup::take::Source {
+                kind,
+                ctx: &ctx,
+                secrets: &secrets,
+                run_as,
+            };
+            let t0 = Instant::now();
+            let outcome = berth_backup::take::take(&src, &bucket, ms_id, backup).await;
+            match &outcome {
+                Ok(m) => tracing::info!(
+                    service = %ms_id, %backup,
+                    bytes = m.objects.iter().map(|o| o.size).sum::<u64>(),
+                    ms = t0.elapsed().as_millis() as u64,
+                    "backup uploaded and verified"
+                ),
+                Err(e) => tracing::warn!(service = %ms_id, %backup, error = %e, "backup failed"),
+            }
+            host.jobs.lock().unwrap().insert(
+                backup,
+                Job::Done(outcome.map(|_| ()).map_err(|e| e.to_string())),
+            );
+            host.changed.notify_one();
+        });
+        Ok(())
+    }
+
+    async fn backup_status(&self, backup: Uuid, req: &BackupRequest) -> Result<BackupState> {
+        let job = self.host.jobs.lock().unwrap().get(&backup).cloned();
+        let state = |exists, error| BackupState { exists, error };
+        match job {
+            Some(Job::Running) => Ok(state(false, None)),
+            Some(Job::Done(Ok(()))) => Ok(state(true, None)),
+            Some(Job::Done(Err(e))) => Ok(state(false, Some(e))),
+            None => {
+                // Not taken by this process: the store is the truth.
+                let bucket = bucket_of(&req.config, &req.secrets)?;
+                match berth_backup::manifest(&bucket, req.ms_id, backup).await {
+                    Ok(Some(_)) => Ok(state(true, None)),
+                    Ok(None) => Ok(state(
+                        false,
+                        Some(format!(
+                            "backup {backup} is not in {}: it was interrupted (Berth restarted while it ran)",
+                            bucket.describe()
+                        )),
+                    )),
+                    Err(e) => Err(BackendError::Failed(e.to_string())),
+                }
+            }
+        }
+    }
+
+    async fn backup_delete(&self, backup: Uuid, req: &BackupRequest) -> Result<()> {
+        let bucket = bucket_of(&req.config, &req.secrets)?;
+        berth_backup::remove(&bucket, req.ms_id, backup)
+            .await
+            .map_err(|e| backup_error(&format!("deleting backup {backup}"), e))?;
+        self.host.jobs.lock().unwrap().remove(&backup);
+        Ok(())
     }
 
     async fn logs(&self, id: Uuid, lines: usize) -> Result<Option<String>> {

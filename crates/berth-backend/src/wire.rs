@@ -87,7 +87,15 @@ impl From<&InstanceSpec> for CreateBody {
             },
             config: s.config.clone(),
             secrets: s.secrets.clone(),
-            recover_from: None,
+            recover_from: s.recover_from.as_ref().map(|r| {
+                serde_json::json!({
+                    "id": r.backup_id,
+                    "msId": r.ms_id,
+                    "time": r.time.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+                    "config": r.config,
+                    "secrets": r.secrets,
+                })
+            }),
             pause: s.pause,
         }
     }
@@ -102,8 +110,29 @@ impl From<CreateBody> for InstanceSpec {
             config: b.config,
             secrets: b.secrets,
             pause: b.pause,
+            recover_from: b.recover_from.as_ref().and_then(recovery_of),
         }
     }
+}
+
+/// `recoverFrom` as a backend receives it: `{id, msId, time?, config, secrets}`.
+fn recovery_of(v: &serde_json::Value) -> Option<crate::Recovery> {
+    let uuid = |k: &str| v.get(k)?.as_str()?.parse::<Uuid>().ok();
+    let map = |k: &str| {
+        v.get(k)
+            .and_then(|m| m.as_object())
+            .cloned()
+            .unwrap_or_default()
+    };
+    Some(crate::Recovery {
+        backup_id: uuid("id")?,
+        ms_id: uuid("msId")?,
+        time: v.get("time").and_then(|t| t.as_str()).and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        }),
+        config: map("config"),
+        secrets: map("secrets"),
+    })
 }
 
 impl PatchBody {
@@ -194,6 +223,7 @@ impl From<BackupBody> for BackupRequest {
             config: b.config,
             secrets: b.secrets,
             retention_days: b.retention_days,
+            service_secrets: JsonMap::new(),
         }
     }
 }

@@ -91,6 +91,7 @@ fn spec(id: Uuid, memory: i64) -> InstanceSpec {
             .unwrap()
             .clone(),
         pause: false,
+        recover_from: None,
     }
 }
 
@@ -269,7 +270,7 @@ async fn the_wire_refuses_bad_keys_bad_ids_and_reports_errors_as_json() {
     }
     rest.delete(id).await.unwrap();
     assert!(rest.status(&[id]).await.unwrap().is_empty());
-    // Backups are an optional capability: 501 here.
+    // A backup without a store to send it to: 422, naming the missing setting.
     let backup = format!("{base}/redis/backups/{}", Uuid::new_v4());
     let body = json!({"msId": id, "teamId": 1});
     let r = http
@@ -279,7 +280,12 @@ async fn the_wire_refuses_bad_keys_bad_ids_and_reports_errors_as_json() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 501);
+    assert_eq!(r.status(), 422);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("backups.config.endpointUrl: is required"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -138,6 +138,7 @@ async fn a_change_the_engine_rejects_is_rolled_back_and_the_instance_keeps_runni
         config: config.clone(),
         secrets: secrets.clone(),
         pause: false,
+        recover_from: None,
     })
     .await
     .unwrap();

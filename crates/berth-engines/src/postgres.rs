@@ -209,7 +209,7 @@ fn literal(s: &str) -> String {
 }
 
 /// Creates `dir` with mode 0700, owned by the instances' user.
-pub(crate) fn private_dir(dir: &Path, run_as: Option<RunAs>) -> Result<()> {
+pub fn private_dir(dir: &Path, run_as: Option<RunAs>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(EngineError::io("creating instance dirs"))?;
     if let Some(ids) = run_as {
         std::os::unix::fs::chown(dir, Some(ids.uid), Some(ids.gid)).map_err(EngineError::io(
@@ -220,7 +220,7 @@ pub(crate) fn private_dir(dir: &Path, run_as: Option<RunAs>) -> Result<()> {
         .map_err(EngineError::io("restricting instance dirs"))
 }
 
-pub(crate) fn chown_tree(path: &Path, run_as: Option<RunAs>) -> Result<()> {
+pub fn chown_tree(path: &Path, run_as: Option<RunAs>) -> Result<()> {
     let Some(ids) = run_as else { return Ok(()) };
     let status = std::process::Command::new("chown")
         .arg("-R")
@@ -237,6 +237,34 @@ pub(crate) fn chown_tree(path: &Path, run_as: Option<RunAs>) -> Result<()> {
     Ok(())
 }
 
+/// The file (in the data directory) a restore writes its recovery settings to; included by
+/// `berth.conf`, inert once recovery is over (PostgreSQL removes `recovery.signal`).
+pub const RECOVERY_CONF: &str = "berth-recovery.conf";
+
+/// `pg_basebackup` writing a tar of the whole instance, with the WAL it needs to be consistent
+/// (`-X fetch`), to stdout; as the instances' user, over the instance's own socket.
+pub fn base_backup_command(ctx: &InstanceCtx, run_as: Option<RunAs>) -> std::process::Command {
+    let mut cmd = command_as(&ctx.install.bin_dir().join("pg_basebackup"), run_as);
+    cmd.arg("-h")
+        .arg(ctx.run_dir())
+        .arg("-p")
+        .arg(ctx.port.to_string())
+        .args([
+            "-U",
+            "postgres",
+            "-D",
+            "-",
+            "-F",
+            "tar",
+            "-X",
+            "fetch",
+            "--checkpoint=fast",
+            "--no-password",
+        ])
+        .current_dir("/");
+    cmd
+}
+
 /// Worker slots, fixed so that a CPU change (`max_parallel_workers`, at most 8) never needs a
 /// restart; idle slots cost next to nothing.
 const MAX_WORKER_PROCESSES: i64 = 12;
@@ -249,7 +277,7 @@ fn restart_settings(ctx: &InstanceCtx) -> (i64, i64) {
 }
 
 /// A helper process (initdb, single-user postgres), as `run_as`, that dies with Berth.
-pub(crate) fn command_as(program: &Path, run_as: Option<RunAs>) -> std::process::Command {
+pub fn command_as(program: &Path, run_as: Option<RunAs>) -> std::process::Command {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(program);
     if let Some(ids) = run_as {
@@ -409,7 +437,9 @@ impl crate::Engine for Postgres {
              max_parallel_workers_per_gather = {gather}\n\
              logging_collector = off\n\
              log_statement = 'none'\n\
-             log_min_duration_statement = -1\n",
+             log_min_duration_statement = -1\n\
+             # A restore's recovery settings, while it recovers (see berth-backup).\n\
+             include_if_exists = '{RECOVERY_CONF}'\n",
             port = ctx.port,
             run = ctx.run_dir().display(),
             cache = memory_mib * 3 / 4,
@@ -452,9 +482,23 @@ impl crate::Engine for Postgres {
         let opts = Self::admin_options(ctx);
         loop {
             match opts.connect().await {
-                Ok(c) => {
+                Ok(mut c) => {
+                    // A restored instance accepts connections while it still recovers: it is
+                    // started once it has been promoted and takes writes.
+                    let recovering: std::result::Result<(bool,), _> =
+                        sqlx::query_as("SELECT pg_is_in_recovery()")
+                            .fetch_one(&mut c)
+                            .await;
                     let _ = c.close().await;
-                    return Ok(());
+                    if !matches!(recovering, Ok((true,))) {
+                        return Ok(());
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(EngineError::Unhealthy(
+                            "PostgreSQL was still recovering at the deadline".into(),
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Err(e) if Instant::now() >= deadline => {
                     return Err(EngineError::Unhealthy(format!(

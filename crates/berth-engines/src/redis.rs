@@ -56,6 +56,125 @@ async fn command(stream: &mut TcpStream, args: &[&str]) -> std::io::Result<Strin
     Ok(String::from_utf8_lossy(&buf).trim_end().to_owned())
 }
 
+/// Reads one bulk-string reply (`$n\r\n<n bytes>\r\n`), as `INFO` answers.
+async fn bulk(stream: &mut TcpStream) -> std::io::Result<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        stream.read_exact(&mut byte).await?;
+        if byte[0] == b'\n' {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).trim_end().to_owned();
+    let len: usize = head
+        .strip_prefix('$')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not a bulk reply: {head}")))?;
+    let mut body = vec![0u8; len + 2];
+    stream.read_exact(&mut body).await?;
+    body.truncate(len);
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A field of an `INFO` answer.
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// The instance's append-only directory: where a restore puts a snapshot as the base file.
+pub const AOF_DIR: &str = "appendonlydir";
+
+/// Asks the server for a snapshot (`BGSAVE`), waits until it is written and says where:
+/// `data/dump.rdb`. Fails with the server's reason when the save failed.
+pub async fn snapshot(
+    ctx: &InstanceCtx,
+    secrets: &JsonMap,
+    deadline: Instant,
+) -> Result<std::path::PathBuf> {
+    let unhealthy = |e: std::io::Error| EngineError::Unhealthy(format!("connecting: {e}"));
+    let mut s = connect(ctx.port).await.map_err(unhealthy)?;
+    let auth = command(&mut s, &["AUTH", secret(secrets, "password")?])
+        .await
+        .map_err(unhealthy)?;
+    if auth != "+OK" {
+        return Err(EngineError::Unhealthy(format!("AUTH was refused: {auth}")));
+    }
+    // A snapshot already under way (another backup) may predate what was written since: wait
+    // for it to end, then ask for ours. SCHEDULE: waits for an AOF rewrite instead of failing.
+    let before = loop {
+        let info = persistence(&mut s).await.map_err(unhealthy)?;
+        let saves: u64 = info_field(&info, "rdb_saves")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| EngineError::Command("INFO persistence has no rdb_saves".into()))?;
+        let reply = if info_field(&info, "rdb_bgsave_in_progress") == Some("1") {
+            "-ERR Background save already in progress".to_owned()
+        } else {
+            command(&mut s, &["BGSAVE", "SCHEDULE"])
+                .await
+                .map_err(unhealthy)?
+        };
+        if reply.starts_with('+') {
+            break saves;
+        }
+        if !reply.contains("already in progress") || Instant::now() >= deadline {
+            return Err(EngineError::Command(format!("BGSAVE was refused: {reply}")));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let info = persistence(&mut s).await.map_err(unhealthy)?;
+        let saves: u64 = info_field(&info, "rdb_saves")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let busy = info_field(&info, "rdb_bgsave_in_progress") == Some("1");
+        if saves > before && !busy {
+            return match info_field(&info, "rdb_last_bgsave_status") {
+                Some("ok") => Ok(ctx.data_dir().join("dump.rdb")),
+                other => Err(EngineError::Command(format!(
+                    "the snapshot failed (rdb_last_bgsave_status: {}); see the server log",
+                    other.unwrap_or("?")
+                ))),
+            };
+        }
+        if Instant::now() >= deadline {
+            return Err(EngineError::Command(
+                "the snapshot did not finish in time".into(),
+            ));
+        }
+    }
+}
+
+/// The `INFO persistence` answer.
+async fn persistence(s: &mut TcpStream) -> std::io::Result<String> {
+    s.write_all(b"*2\r\n$4\r\nINFO\r\n$11\r\npersistence\r\n")
+        .await?;
+    bulk(s).await
+}
+
+/// Makes `rdb` the base of a new instance's append-only file (Redis 7 / Valkey multi-part
+/// AOF): the server loads it at its first start and appends to it from there.
+pub fn restore_snapshot(
+    ctx: &InstanceCtx,
+    rdb: &std::path::Path,
+    run_as: Option<RunAs>,
+) -> Result<()> {
+    let dir = ctx.data_dir().join(AOF_DIR);
+    private_dir(&dir, run_as)?;
+    let base = "appendonly.aof.1.base.rdb";
+    std::fs::rename(rdb, dir.join(base)).map_err(EngineError::io("placing the snapshot"))?;
+    std::fs::write(
+        dir.join("appendonly.aof.manifest"),
+        format!("file {base} seq 1 type b\n"),
+    )
+    .map_err(EngineError::io("writing the AOF manifest"))?;
+    crate::postgres::chown_tree(&dir, run_as)
+}
+
 async fn connect(port: u16) -> std::io::Result<TcpStream> {
     let s = TcpStream::connect(("127.0.0.1", port)).await?;
     s.set_nodelay(true)?;

@@ -14,7 +14,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use berth_backend::{BackupRequest, BackupState, InstancePatch, InstanceSpec, InstanceStatus};
+use berth_backend::{
+    BackupRequest, BackupState, InstancePatch, InstanceSpec, InstanceStatus, Recovery,
+};
 use berth_store::Store;
 use berth_types::{BackupEntry, Event, Service, ServiceId, ServiceStatus, Severity};
 use time::OffsetDateTime;
@@ -436,12 +438,10 @@ impl Reconciler {
         }
         let mut list = self.store.backup_list(svc.id).await?;
         if let Some(hours) = settings.interval_h {
-            let last = list
-                .iter()
-                .map(|b| b.scheduled_at)
-                .max()
-                .unwrap_or(svc.created_at);
-            if now() - last >= time::Duration::hours(hours.into()) {
+            // The first backup is taken as soon as the service runs: with backups on, there
+            // is always one to restore.
+            let last = list.iter().map(|b| b.scheduled_at).max();
+            if last.is_none_or(|last| now() - last >= time::Duration::hours(hours.into())) {
                 let b = BackupEntry::scheduled(now());
                 self.store.backup_insert(svc.id, &b).await?;
                 list.push(b);
@@ -513,6 +513,7 @@ impl Reconciler {
                 .unwrap_or_default(),
             secrets: secrets.backups,
             retention_days: svc.spec.backups.delete_retention_days,
+            service_secrets: secrets.service,
         })
     }
 
@@ -627,6 +628,13 @@ impl Reconciler {
             Action::None => Ok(()),
             Action::Create => {
                 let secrets = self.store.secrets_get(svc.id).await?;
+                let recover_from = svc.spec.recover_from.as_ref().map(|r| Recovery {
+                    backup_id: r.backup_id,
+                    ms_id: r.ms_id,
+                    time: r.time,
+                    config: r.config.clone(),
+                    secrets: secrets.recover.clone(),
+                });
                 let spec = InstanceSpec {
                     id: svc.id,
                     team_id: svc.spec.team_id,
@@ -634,6 +642,7 @@ impl Reconciler {
                     config: svc.spec.config.clone(),
                     secrets: secrets.service,
                     pause: svc.spec.pause,
+                    recover_from,
                 };
                 self.call(entry.backend.create(&spec)).await
             }

@@ -426,6 +426,7 @@ mod tests {
                 config: m(json!({"version": "7"})),
                 pause: false,
                 backups: BackupSettings::default(),
+                recover_from: None,
             },
             generation,
             created_at: OffsetDateTime::UNIX_EPOCH,

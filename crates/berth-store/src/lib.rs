@@ -135,6 +135,10 @@ pub trait Store: Send + Sync + 'static {
     async fn backup_list(&self, service: ServiceId) -> Result<Vec<BackupEntry>>;
     /// Records progress of a backup (initiated, confirmed, error).
     async fn backup_update(&self, entry: &BackupEntry) -> Result<()>;
+    /// The service a backup belongs to and the backup, `None` when there is no such backup.
+    async fn backup_get(&self, id: uuid::Uuid) -> Result<Option<(ServiceId, BackupEntry)>>;
+    /// Forgets a backup whose objects were removed (retention).
+    async fn backup_forget(&self, id: uuid::Uuid) -> Result<()>;
 
     /// Registered providers, with their backend secrets unsealed (for the catalog only).
     async fn provider_list(&self) -> Result<Vec<ProviderDefinition>>;

@@ -541,6 +541,32 @@ impl Store for SqliteStore {
         rows.iter().map(row_to_backup).collect()
     }
 
+    async fn backup_get(&self, id: uuid::Uuid) -> Result<Option<(ServiceId, BackupEntry)>> {
+        let row = sqlx::query(
+            "SELECT service_id, id, scheduled_at, initiated_at, confirmed_at, error FROM backups
+             WHERE id = ?",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.read)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let service: String = row.try_get("service_id")?;
+        let service = ServiceId::parse_str(&service).map_err(|e| corrupt("service id", e))?;
+        Ok(Some((service, row_to_backup(&row)?)))
+    }
+
+    async fn backup_forget(&self, id: uuid::Uuid) -> Result<()> {
+        let service: Option<String> =
+            sqlx::query_scalar("DELETE FROM backups WHERE id = ? RETURNING service_id")
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        if let Some(id) = service.and_then(|s| ServiceId::parse_str(&s).ok()) {
+            self.changes.record(id);
+        }
+        Ok(())
+    }
+
     async fn backup_update(&self, entry: &BackupEntry) -> Result<()> {
         let service: Option<String> = sqlx::query_scalar(
             "UPDATE backups SET initiated_at = ?, confirmed_at = ?, error = ? WHERE id = ?

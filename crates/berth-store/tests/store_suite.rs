@@ -22,6 +22,7 @@ fn spec(team: i64, name: &str) -> ServiceSpec {
         config: json!({"version": "7"}).as_object().unwrap().clone(),
         pause: false,
         backups: BackupSettings::default(),
+        recover_from: None,
     }
 }
 
@@ -29,6 +30,7 @@ fn secrets(pw: &str) -> Secrets {
     Secrets {
         service: json!({"password": pw}).as_object().unwrap().clone(),
         backups: Default::default(),
+        recover: Default::default(),
     }
 }
 
@@ -225,6 +227,7 @@ async fn suite(store: &dyn Store) {
                     .as_object()
                     .unwrap()
                     .clone(),
+                recover: Default::default(),
             },
             &ServiceStatus::new(ServiceState::Creating, 1, now),
         )
@@ -291,6 +294,20 @@ async fn suite(store: &dyn Store) {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].id, b.id);
     assert!(got[0].confirmed_at.is_some() && got[0].error.is_none());
+    // found by its id alone (recoverFrom), with its owner; forgotten (retention)
+    assert_eq!(
+        store.backup_get(b.id).await.unwrap(),
+        Some((a.id, got[0].clone()))
+    );
+    assert_eq!(store.backup_get(Uuid::new_v4()).await.unwrap(), None);
+    let other = BackupEntry {
+        id: Uuid::new_v4(),
+        ..b.clone()
+    };
+    store.backup_insert(a.id, &other).await.unwrap();
+    store.backup_forget(other.id).await.unwrap();
+    assert_eq!(store.backup_get(other.id).await.unwrap(), None);
+    assert_eq!(store.backup_list(a.id).await.unwrap().len(), 1);
 
     // purge removes every trace
     store.service_purge(a.id).await.unwrap();

@@ -17,8 +17,8 @@ pub mod validate;
 pub use event::{Event, Severity};
 pub use provider::{Capabilities, Plan, PlanParameter, ProviderDefinition};
 pub use service::{
-    BackupEntry, BackupSettings, PlanSelection, ProviderRef, Secrets, Service, ServiceId,
-    ServiceSpec, ServiceState, ServiceStatus,
+    BackupEntry, BackupSettings, PlanSelection, ProviderRef, RecoverFrom, Secrets, Service,
+    ServiceId, ServiceSpec, ServiceState, ServiceStatus,
 };
 pub use validate::{FieldError, Invalid};
 

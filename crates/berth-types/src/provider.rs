@@ -36,6 +36,10 @@ pub struct ProviderDefinition {
     #[schema(value_type = Object)]
     pub details_schema: Value,
     pub plans: Vec<Plan>,
+    /// Describes the backup store (`backups.config` / `backups.secrets` of a service):
+    /// `{configSchema, secretsSchema}` (CONTRACTS.md §3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups: Option<BackupStoreSchemas>,
     #[serde(default = "Scope::global")]
     #[schema(value_type = Object)]
     pub scope: Value,
@@ -43,6 +47,18 @@ pub struct ProviderDefinition {
 
 fn empty_object() -> Value {
     serde_json::json!({"type": "object"})
+}
+
+/// The JSON Schemas of a service's backup settings.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStoreSchemas {
+    #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
+    pub config_schema: Value,
+    #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
+    pub secrets_schema: Value,
 }
 
 /// `{"type":"global"}` or `{"type":"team","teamIds":[...]}`.

@@ -54,6 +54,28 @@ pub struct ServiceSpec {
     pub config: JsonMap,
     pub pause: bool,
     pub backups: BackupSettings,
+    /// The backup this service's data was restored from, when it was (its store's secrets
+    /// are kept sealed with the service's, in [`Secrets::recover`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recover_from: Option<RecoverFrom>,
+}
+
+/// What a recovered service was made from: backup `backup_id` of service `ms_id`, in the store
+/// `config` describes (the source's backup settings unless the request gave others).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoverFrom {
+    pub backup_id: Uuid,
+    pub ms_id: Uuid,
+    /// Point in time to recover to (PostgreSQL), replaying archived WAL past the backup.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub time: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub config: JsonMap,
 }
 
 /// The desired-state record of one service.
@@ -164,6 +186,9 @@ pub struct Secrets {
     pub service: JsonMap,
     #[serde(default)]
     pub backups: JsonMap,
+    /// The secrets of the store a recovered service was restored from.
+    #[serde(default, skip_serializing_if = "JsonMap::is_empty")]
+    pub recover: JsonMap,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -171,6 +196,7 @@ impl std::fmt::Debug for Secrets {
         f.debug_struct("Secrets")
             .field("service", &self.service.keys().collect::<Vec<_>>())
             .field("backups", &self.backups.keys().collect::<Vec<_>>())
+            .field("recover", &self.recover.keys().collect::<Vec<_>>())
             .finish()
     }
 }

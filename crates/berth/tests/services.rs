@@ -629,12 +629,18 @@ async fn bad_input_gets_a_4xx_with_the_field_and_reason() {
     assert_eq!(code, 422, "{v}");
     assert!(v["error"].as_str().unwrap().contains("colour"), "{v}");
 
-    let (code, v) = post(json!({"teamId": 1, "name": "ok", "provider": {"name": "redis"}, "backups": {"enabled": true, "intervalH": 0}})).await;
+    let (code, v) = post(json!({"teamId": 1, "name": "ok", "provider": {"name": "s3"}, "backups": {"enabled": true, "intervalH": 0}})).await;
     assert_eq!(code, 422, "{v}");
     assert_eq!(
         field_paths(&v),
         vec!["backups.enabled", "backups.intervalH"]
     );
+    // Backups on without a store to send them to: each missing setting is named.
+    let (code, v) = post(json!({"teamId": 1, "name": "ok", "provider": {"name": "redis"}, "backups": {"enabled": true}})).await;
+    assert_eq!(code, 422, "{v}");
+    for missing in ["endpointUrl", "destinationPath", "accessKey", "secretKey"] {
+        assert!(v.to_string().contains(missing), "{missing}: {v}");
+    }
 
     // Malformed JSON is a 400 with the same error shape.
     let resp = s

@@ -1,0 +1,98 @@
+//! Backups of the local backend's instances to any S3-compatible store, and restores from them.
+//!
+//! - [`objects`]: the bucket (`backups.config` / `backups.secrets` of a service): signed
+//!   uploads checked on the way in and read back, downloads, listings, deletes.
+//! - [`take`]: one backup of a running instance: PostgreSQL's own `pg_basebackup` (a tar with
+//!   the WAL that makes it consistent), a Redis/Valkey snapshot (`BGSAVE`); streamed up in
+//!   parts, then described by a manifest written last. A backup exists only once its manifest
+//!   does, so a half-uploaded one is never taken for a backup.
+//! - [`restore`]: lays out a new instance's data from a backup before its first start.
+//!
+//! Layout under the destination prefix, per service:
+//! `<msId>/backups/<backupId>/{base.tar|dump.rdb, manifest.json}`.
+
+pub mod objects;
+pub mod restore;
+pub mod take;
+
+use berth_types::JsonMap;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub use objects::{Bucket, ObjectInfo};
+
+/// This layer's one error type; the message is shown to users in the service's events.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// The backup settings are wrong (which field, why): waits for the user.
+    #[error("{0}")]
+    Settings(String),
+    /// The S3 store refused or could not be reached.
+    #[error("{0}")]
+    Store(String),
+    /// What the store holds differs from what was sent.
+    #[error("verification failed: {0}")]
+    Verify(String),
+    /// The engine's side: the instance, its tools or its files.
+    #[error("{0}")]
+    Engine(String),
+    /// No such backup in the store.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl From<berth_engines::EngineError> for BackupError {
+    fn from(e: berth_engines::EngineError) -> Self {
+        Self::Engine(e.to_string())
+    }
+}
+
+pub type Result<T, E = BackupError> = std::result::Result<T, E>;
+
+/// What a backup holds, written last (`manifest.json`): the backup exists once this does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub backup_id: Uuid,
+    pub ms_id: Uuid,
+    /// `postgres` or `redis`.
+    pub engine: String,
+    /// The server's major version: a restore needs the same.
+    pub major: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub finished_at: OffsetDateTime,
+    /// The service's config when it was taken (user and database names, version).
+    pub config: JsonMap,
+    pub objects: Vec<ObjectInfo>,
+}
+
+/// Key (relative to the destination prefix) of a backup's files.
+pub fn backup_key(ms_id: Uuid, backup_id: Uuid, file: &str) -> String {
+    format!("{ms_id}/backups/{backup_id}/{file}")
+}
+
+/// The manifest of a backup, `None` while it does not exist (not taken, not finished).
+pub async fn manifest(bucket: &Bucket, ms_id: Uuid, backup_id: Uuid) -> Result<Option<Manifest>> {
+    let key = bucket.key(&backup_key(ms_id, backup_id, "manifest.json"));
+    match bucket.get(&key).await? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| BackupError::Verify(format!("{key} is not a manifest: {e}"))),
+    }
+}
+
+/// Deletes a backup's objects, the manifest first: from the first call on it no longer counts
+/// as a backup, and a retry finishes what a failed attempt left.
+pub async fn remove(bucket: &Bucket, ms_id: Uuid, backup_id: Uuid) -> Result<()> {
+    let manifest_key = bucket.key(&backup_key(ms_id, backup_id, "manifest.json"));
+    bucket.delete(&manifest_key).await?;
+    let prefix = bucket.key(&backup_key(ms_id, backup_id, ""));
+    for (key, _) in bucket.list(&prefix).await? {
+        bucket.delete(&key).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! Laying out a new instance's data from a backup, before its first start. The source service
+//! and its instance are never touched: everything comes from the store.
+
+use berth_engines::postgres::{chown_tree, command_as, private_dir, RECOVERY_CONF};
+use berth_engines::{EngineKind, InstanceCtx, RunAs};
+use md5::{Digest, Md5};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use uuid::Uuid;
+
+use crate::objects::hex;
+use crate::{manifest, BackupError, Bucket, Manifest, ObjectInfo, Result};
+
+/// Where the data of a new instance comes from.
+pub struct Target<'a> {
+    pub kind: EngineKind,
+    pub ctx: &'a InstanceCtx,
+    pub run_as: Option<RunAs>,
+}
+
+/// Restores backup `backup_id` of service `ms_id` into the (empty) instance directory of
+/// `target`. PostgreSQL starts in recovery to the end of the backup and promotes itself; Redis
+/// loads the snapshot as the base of its append-only file.
+pub async fn restore(
+    target: &Target<'_>,
+    bucket: &Bucket,
+    ms_id: Uuid,
+    backup_id: Uuid,
+) -> Result<Manifest> {
+    let m = manifest(bucket, ms_id, backup_id).await?.ok_or_else(|| {
+        BackupError::NotFound(format!(
+            "backup {backup_id} of service {ms_id} is not in {}",
+            bucket.describe()
+        ))
+    })?;
+    if m.engine != target.kind.as_str() {
+        return Err(BackupError::Settings(format!(
+            "backup {backup_id} holds {} data, not {}",
+            m.engine,
+            target.kind.as_str()
+        )));
+    }
+    if m.major != target.ctx.install.major {
+        return Err(BackupError::Settings(format!(
+            "backup {backup_id} was taken from version {}; it restores into version {} only",
+            m.major, m.major
+        )));
+    }
+    let object = m
+        .objects
+        .first()
+        .ok_or_else(|| BackupError::Verify(format!("backup {backup_id} lists no object")))?;
+    let ctx = target.ctx;
+    for d in [ctx.run_dir(), ctx.dir.join("log"), ctx.data_dir()] {
+        private_dir(&d, target.run_as)?;
+    }
+    match target.kind {
+        EngineKind::Postgres => {
+            let mut tar = tokio::process::Command::from(command_as(
+                std::path::Path::new("tar"),
+                target.run_as,
+            ));
+            tar.arg("-x")
+                .arg("-f")
+                .arg("-")
+                .arg("-C")
+                .arg(ctx.data_dir())
+                .current_dir("/")
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true);
+            let mut child = tar
+                .spawn()
+                .map_err(|e| BackupError::Engine(format!("starting tar: {e}")))?;
+            let stdin = child.stdin.take().expect("piped stdin");
+            let copied = download(bucket, object, stdin).await;
+            let out = child
+                .wait_with_output()
+                .await
+                .map_err(|e| BackupError::Engine(format!("waiting for tar: {e}")))?;
+            copied?;
+            if !out.status.success() {
+                return Err(BackupError::Engine(format!(
+                    "unpacking the base backup failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            // Recover to the end of the backup (its WAL is inside), then take writes.
+            let data = ctx.data_dir();
+            std::fs::write(
+                data.join(RECOVERY_CONF),
+                "# Written by Berth for a restore; inert once recovery is over.\n\
+                 restore_command = 'false'\n\
+                 recovery_target = 'immediate'\n\
+                 recovery_target_action = 'promote'\n",
+            )
+            .and_then(|_| std::fs::write(data.join("recovery.signal"), ""))
+            .map_err(|e| BackupError::Engine(format!("writing the recovery settings: {e}")))?;
+            chown_tree(&data, target.run_as)?;
+        }
+        EngineKind::Redis => {
+            let part = ctx.data_dir().join("restore.rdb.part");
+            let file = tokio::fs::File::create(&part)
+                .await
+                .map_err(|e| BackupError::Engine(format!("creating {}: {e}", part.display())))?;
+            download(bucket, object, file).await?;
+            berth_engines::redis::restore_snapshot(ctx, &part, target.run_as)?;
+        }
+        other => {
+            return Err(BackupError::Settings(format!(
+                "{} instances are not restored from backups here",
+                other.as_str()
+            )))
+        }
+    }
+    Ok(m)
+}
+
+/// Streams an object into `out`, checking its size and MD5 against the manifest's.
+async fn download<W: AsyncWrite + Unpin>(
+    bucket: &Bucket,
+    object: &ObjectInfo,
+    mut out: W,
+) -> Result<()> {
+    let mut resp = bucket.open(&object.key).await?.ok_or_else(|| {
+        BackupError::NotFound(format!("{} is missing from the store", object.key))
+    })?;
+    let mut md5 = Md5::new();
+    let mut size = 0u64;
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| BackupError::Store(format!("downloading {}: {e}", object.key)))?
+    {
+        md5.update(&chunk);
+        size += chunk.len() as u64;
+        out.write_all(&chunk)
+            .await
+            .map_err(|e| BackupError::Engine(format!("writing {}: {e}", object.key)))?;
+    }
+    out.shutdown()
+        .await
+        .map_err(|e| BackupError::Engine(format!("writing {}: {e}", object.key)))?;
+    let got = hex(&md5.finalize());
+    if size != object.size || got != object.md5 {
+        return Err(BackupError::Verify(format!(
+            "{}: downloaded {size} bytes with checksum {got}, the backup says {} bytes, {}",
+            object.key, object.size, object.md5
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,265 @@
+//! Backups of built-in services to a real S3 store (an `s3` service of the same Berth, i.e. a
+//! Garage server), restored into new services; failures shown, never confirmed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use berth_backup::Bucket;
+use common::*;
+use serde_json::{json, Value};
+use sqlx::{Connection, Row};
+
+const READY: Duration = Duration::from_secs(90);
+
+/// An `s3` service and the backup settings that point at it (a prefix per test).
+async fn store(s: &TestServer, prefix: &str) -> (Value, Value) {
+    let created = s
+        .create(
+            json!({"teamId": 1, "name": "backups", "provider": {"name": "s3"},
+                       "plan": {"id": 0, "parameters": {"memory": 256}}}),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    s.wait_state(&id, "synchronized", READY).await;
+    let env = s.env(&id).await;
+    let config = json!({
+        "endpointUrl": env["S3_ENDPOINT"],
+        "destinationPath": format!("s3://{}/{prefix}/", env["S3_BUCKET"].as_str().unwrap()),
+        "accessKey": env["AWS_ACCESS_KEY_ID"],
+        "region": env["S3_REGION"],
+    });
+    let secrets = json!({"secretKey": env["AWS_SECRET_ACCESS_KEY"]});
+    (config, secrets)
+}
+
+fn bucket(config: &Value, secrets: &Value) -> Bucket {
+    Bucket::from_settings(config.as_object().unwrap(), secrets.as_object().unwrap()).unwrap()
+}
+
+/// Asks for a backup now and waits until the service lists it confirmed (or failed).
+async fn backup_now(s: &TestServer, id: &str) -> Value {
+    let (code, b) = s
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/managed-services/{id}/backups"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 202, "{b}");
+    let backup = b["id"].as_str().unwrap().to_owned();
+    wait_backup(s, id, &backup).await
+}
+
+async fn wait_backup(s: &TestServer, id: &str, backup: &str) -> Value {
+    let deadline = Instant::now() + READY;
+    loop {
+        let (_, v) = s.get(&format!("/api/managed-services/{id}")).await;
+        let entry = v["backups"]["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == backup)
+            .cloned()
+            .unwrap_or(Value::Null);
+        if entry["confirmedAt"].is_string() || entry["error"].is_string() {
+            return entry;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backup {backup} still pending: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn pg(url: &str) -> sqlx::PgConnection {
+    sqlx::PgConnection::connect(url).await.unwrap()
+}
+
+async fn ids_in(url: &str) -> Vec<i32> {
+    let mut c = pg(url).await;
+    sqlx::query("SELECT id FROM t ORDER BY id")
+        .fetch_all(&mut c)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<i32, _>(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_and_redis_backups_restore_into_new_services() {
+    let s = TestServer::start().await;
+    let (config, secrets) = store(&s, "team-1").await;
+    let backups = json!({"enabled": true, "intervalH": 24, "config": config, "secrets": secrets});
+
+    // PostgreSQL: rows, a backup, more rows.
+    let mut body = pg_body("orders", "17");
+    body["backups"] = backups.clone();
+    let created = s.create(body).await;
+    let pg_id = created["id"].as_str().unwrap().to_owned();
+    s.wait_state(&pg_id, "synchronized", READY).await;
+    let url = s.env(&pg_id).await["DATABASE_URL"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut c = pg(&url).await;
+    sqlx::query("CREATE TABLE t (id int primary key)")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO t SELECT generate_series(1, 100)")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let taken = backup_now(&s, &pg_id).await;
+    assert!(taken["confirmedAt"].is_string(), "{taken}");
+    sqlx::query("INSERT INTO t SELECT generate_series(101, 150)")
+        .execute(&mut c)
+        .await
+        .unwrap();
+
+    // Its objects are in the bucket: the data and the manifest, written last.
+    let b = bucket(&config, &secrets);
+    let objects = b
+        .list(&b.key(&format!(
+            "{pg_id}/backups/{}/",
+            taken["id"].as_str().unwrap()
+        )))
+        .await
+        .unwrap();
+    let names: Vec<&str> = objects
+        .iter()
+        .map(|(k, _)| k.rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(names, ["base.tar", "manifest.json"], "{objects:?}");
+    assert!(objects[0].1 > 1_000_000, "a whole cluster: {objects:?}");
+
+    // Redis: keys, a backup.
+    let mut body = redis_body("cache", "8");
+    body["backups"] = backups.clone();
+    let created = s.create(body).await;
+    let redis_id = created["id"].as_str().unwrap().to_owned();
+    let redis_pw = created["generatedSecrets"]["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let svc = s.wait_state(&redis_id, "synchronized", READY).await;
+    let port = svc["status"]["details"]["port"].as_u64().unwrap() as u16;
+    for i in 0..50 {
+        assert_eq!(
+            redis_cmd(
+                port,
+                &redis_pw,
+                &["SET", &format!("k{i}"), &format!("v{i}")]
+            )
+            .await,
+            "+OK"
+        );
+    }
+    let redis_backup = backup_now(&s, &redis_id).await;
+    assert!(redis_backup["confirmedAt"].is_string(), "{redis_backup}");
+
+    // Restores: new services with the data of that moment; the sources are untouched.
+    let mut body = pg_body("orders-restored", "17");
+    body["recoverFrom"] = json!({"id": taken["id"]});
+    let restored = s.create(body).await;
+    let restored_id = restored["id"].as_str().unwrap().to_owned();
+    s.wait_state(&restored_id, "synchronized", READY).await;
+    let restored_url = s.env(&restored_id).await["DATABASE_URL"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(
+        restored_url, url,
+        "a new service, with its own port and password"
+    );
+    assert_eq!(ids_in(&restored_url).await, (1..=100).collect::<Vec<_>>());
+    assert_eq!(ids_in(&url).await, (1..=150).collect::<Vec<_>>());
+    // ... and it takes writes (promoted, not left in recovery).
+    sqlx::query("INSERT INTO t VALUES (1000)")
+        .execute(&mut pg(&restored_url).await)
+        .await
+        .unwrap();
+
+    let mut body = redis_body("cache-restored", "8");
+    body["recoverFrom"] = json!({"id": redis_backup["id"]});
+    let restored = s.create(body).await;
+    let rid = restored["id"].as_str().unwrap().to_owned();
+    let rpw = restored["generatedSecrets"]["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let svc = s.wait_state(&rid, "synchronized", READY).await;
+    let rport = svc["status"]["details"]["port"].as_u64().unwrap() as u16;
+    assert_eq!(redis_cmd(rport, &rpw, &["DBSIZE"]).await, ":50");
+    assert_eq!(redis_cmd(rport, &rpw, &["GET", "k7"]).await, "v7");
+    // The old password does not open the copy.
+    assert!(redis_cmd(rport, &redis_pw, &["PING"])
+        .await
+        .starts_with("-"));
+
+    // Bad requests are refused with the field and the reason.
+    for (recover, field) in [
+        (json!({"id": uuid::Uuid::new_v4()}), "recoverFrom.id"),
+        (json!({"id": redis_backup["id"]}), "recoverFrom.id"), // a Redis backup into PostgreSQL
+        (json!({"id": "nope"}), "recoverFrom.id"),
+        (json!({"id": taken["id"], "extra": 1}), "recoverFrom.extra"),
+    ] {
+        let mut body = pg_body("bad-restore", "17");
+        body["recoverFrom"] = recover.clone();
+        let (code, v) = s
+            .call(reqwest::Method::POST, "/api/managed-services", Some(body))
+            .await;
+        assert_eq!(code, 422, "{recover}: {v}");
+        assert!(v.to_string().contains(field), "{recover}: {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_to_a_store_that_refuses_fails_loudly_and_is_not_confirmed() {
+    let s = TestServer::start().await;
+    let (config, _) = store(&s, "wrong-key").await;
+    let mut body = redis_body("cache", "8");
+    body["backups"] = json!({"enabled": true, "config": config,
+                             "secrets": {"secretKey": "not-the-secret-key"}});
+    let created = s.create(body).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    s.wait_state(&id, "synchronized", READY).await;
+    let entry = backup_now(&s, &id).await;
+    assert!(entry["confirmedAt"].is_null(), "{entry}");
+    let error = entry["error"].as_str().unwrap();
+    assert!(
+        error.contains("403") || error.contains("Signature"),
+        "{error}"
+    );
+    let (_, v) = s
+        .get(&format!("/api/managed-services/{id}/events?limit=50"))
+        .await;
+    let failed: Vec<&Value> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["eventName"] == "berth.backup.failed")
+        .collect();
+    assert!(!failed.is_empty(), "{v}");
+    assert_eq!(failed[0]["severityNumber"], 17, "{:?}", failed[0]);
+
+    // Settings that cannot work are refused at the edge, with the field.
+    let mut body = redis_body("cache-2", "8");
+    body["backups"] = json!({"enabled": true, "config": {"endpointUrl": "ftp://x", "destinationPath": "bucket"},
+                             "secrets": {}});
+    let (code, v) = s
+        .call(reqwest::Method::POST, "/api/managed-services", Some(body))
+        .await;
+    assert_eq!(code, 422, "{v}");
+    for field in [
+        "backups.config.endpointUrl",
+        "backups.config.destinationPath",
+        "backups.config",
+        "backups.secrets",
+    ] {
+        assert!(v.to_string().contains(field), "{field}: {v}");
+    }
+}
