@@ -98,6 +98,16 @@ fn xml_one(body: &str, tag: &str) -> Option<String> {
     xml_all(body, tag).into_iter().next()
 }
 
+/// An answer's ETag without its quotes (the MD5 of a single object or part, in hex).
+fn etag_of(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_owned()
+}
+
 /// S3's error answer in one line: `403 InvalidAccessKeyId: ...`.
 fn s3_error(status: reqwest::StatusCode, body: &str) -> String {
     match (xml_one(body, "Code"), xml_one(body, "Message")) {
@@ -305,14 +315,7 @@ impl Bucket {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let etag = resp
-            .headers()
-            .get("etag")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .trim_matches('"')
-            .to_owned();
-        Ok(Some((size, etag)))
+        Ok(Some((size, etag_of(&resp))))
     }
 
     /// The whole object in memory (small ones: manifests, WAL segments), `None` when missing.
@@ -472,13 +475,7 @@ impl Upload {
             .bucket
             .send(req, &format!("uploading part {number} of {}", self.key))
             .await?;
-        let etag = resp
-            .headers()
-            .get("etag")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .trim_matches('"')
-            .to_owned();
+        let etag = etag_of(&resp);
         if etag != md5 {
             return Err(BackupError::Verify(format!(
                 "part {number} of {}: the store's checksum {etag:?} differs from the upload's {md5}",
