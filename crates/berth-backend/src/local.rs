@@ -95,8 +95,13 @@ pub struct LocalHost {
 #[derive(Clone)]
 enum Job {
     Running,
-    Done(std::result::Result<(), String>),
+    /// How it ended, and when (ended jobs are forgotten after [`JOB_MEMORY`]; the store's
+    /// manifest answers for a successful one after that).
+    Done(std::result::Result<(), String>, Instant),
 }
+
+/// How long the outcome of a backup is kept in memory for its status calls.
+const JOB_MEMORY: Duration = Duration::from_secs(3600);
 
 impl LocalHost {
     /// Scans `<data-dir>/instances` and adopts every instance whose process still runs.
@@ -777,10 +782,16 @@ impl ProviderBackend for LocalBackend {
                 ),
                 Err(e) => tracing::warn!(service = %ms_id, %backup, error = %e, "backup failed"),
             }
-            host.jobs.lock().unwrap().insert(
+            let mut jobs = host.jobs.lock().unwrap();
+            jobs.retain(|_, j| !matches!(j, Job::Done(_, at) if at.elapsed() > JOB_MEMORY));
+            jobs.insert(
                 backup,
-                Job::Done(outcome.map(|_| ()).map_err(|e| e.to_string())),
+                Job::Done(
+                    outcome.map(|_| ()).map_err(|e| e.to_string()),
+                    Instant::now(),
+                ),
             );
+            drop(jobs);
             host.changed.notify_one();
         });
         Ok(())
@@ -791,8 +802,8 @@ impl ProviderBackend for LocalBackend {
         let state = |exists, error| BackupState { exists, error };
         match job {
             Some(Job::Running) => Ok(state(false, None)),
-            Some(Job::Done(Ok(()))) => Ok(state(true, None)),
-            Some(Job::Done(Err(e))) => Ok(state(false, Some(e))),
+            Some(Job::Done(Ok(()), _)) => Ok(state(true, None)),
+            Some(Job::Done(Err(e), _)) => Ok(state(false, Some(e))),
             None => {
                 // Not taken by this process: the store is the truth.
                 let bucket = bucket_of(&req.config, &req.secrets)?;

@@ -65,10 +65,6 @@ fn setting<'a>(map: &'a JsonMap, name: &str, field: &str) -> Result<&'a str> {
     }
 }
 
-fn md5_hex(bytes: &[u8]) -> String {
-    hex(&Md5::digest(bytes))
-}
-
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -541,11 +537,6 @@ impl Upload {
             )
             .await;
     }
-}
-
-/// MD5 (hex) of bytes, for checking downloads against a manifest.
-pub fn checksum(bytes: &[u8]) -> String {
-    md5_hex(bytes)
 }
 
 #[cfg(test)]

@@ -41,8 +41,8 @@ pub async fn restore(
     }
     if m.major != target.ctx.install.major {
         return Err(BackupError::Settings(format!(
-            "backup {backup_id} was taken from version {}; it restores into version {} only",
-            m.major, m.major
+            "backup {backup_id} was taken from version {}; this service runs version {} (a restore needs the same major)",
+            m.major, target.ctx.install.major
         )));
     }
     let object = m
