@@ -946,6 +946,7 @@ fn backups_checked(
             errors,
         ),
         interval_h: range(b.interval_h, "backups.intervalH", 1, 730, errors),
+        retention_days: range(b.retention_days, "backups.retentionDays", 1, 365, errors),
         config: b.config.clone().map(Value::Object),
     }
 }
@@ -985,6 +986,7 @@ pub fn to_view(
             enabled: svc.spec.backups.enabled,
             delete_retention_days: svc.spec.backups.delete_retention_days,
             interval_h: svc.spec.backups.interval_h,
+            retention_days: svc.spec.backups.retention_days,
             entries: vec![],
         },
         created_at: svc.created_at,

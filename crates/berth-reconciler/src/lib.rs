@@ -113,6 +113,18 @@ const MIN_PASS_GAP: Duration = Duration::from_millis(50);
 /// given (docs/api.md).
 pub const DEFAULT_RETENTION_DAYS: u32 = 7;
 
+/// How long a backup is kept when `backups.retentionDays` is not given (the newest confirmed
+/// one is kept regardless).
+pub const DEFAULT_BACKUP_RETENTION_DAYS: u32 = 7;
+
+/// How many days the service's backups are kept (`backups.retentionDays`).
+fn retention_days(svc: &Service) -> u32 {
+    svc.spec
+        .backups
+        .retention_days
+        .unwrap_or(DEFAULT_BACKUP_RETENTION_DAYS)
+}
+
 impl Reconciler {
     pub fn new(
         store: Arc<dyn Store>,
@@ -447,17 +459,68 @@ impl Reconciler {
                 list.push(b);
             }
         }
+        let days = retention_days(svc);
+        let keep_for =
+            time::Duration::try_from(self.cfg.retention_day * days).unwrap_or(time::Duration::MAX);
+        let expired = plan::expired_backups(&list, now(), keep_for);
         let pending: Vec<BackupEntry> = list
             .into_iter()
             .filter(|b| b.confirmed_at.is_none() && b.error.is_none())
             .collect();
-        if pending.is_empty() {
+        if pending.is_empty() && expired.is_empty() {
             return Ok(());
         }
         let req = self.backup_request(svc).await?;
         for b in pending {
             self.advance_backup(entry, svc, &req, b).await?;
         }
+        for b in expired {
+            self.expire_backup(entry, svc, &req, b).await?;
+        }
+        Ok(())
+    }
+
+    /// Retention: removes a backup's objects at the backend, then its entry. A removal that
+    /// fails stays listed with the reason (one warning event per new reason) and is retried.
+    async fn expire_backup(
+        &self,
+        entry: &CatalogEntry,
+        svc: &Service,
+        req: &BackupRequest,
+        mut b: BackupEntry,
+    ) -> Result<(), ReconcileError> {
+        let days = retention_days(svc);
+        let event = match self.call(entry.backend.backup_delete(b.id, req)).await {
+            Ok(()) => {
+                self.store.backup_forget(b.id).await?;
+                Event::new(
+                    svc.id,
+                    "berth.backup.expired",
+                    Severity::Info,
+                    format!(
+                        "backup {} of {} removed: older than {days} days (retention)",
+                        b.id, b.scheduled_at
+                    ),
+                    now(),
+                )
+            }
+            Err(e) => {
+                let reason = format!("removal (retention) failed, retried: {e}");
+                if b.error.as_deref() == Some(reason.as_str()) {
+                    return Ok(());
+                }
+                b.error = Some(reason.clone());
+                self.store.backup_update(&b).await?;
+                Event::new(
+                    svc.id,
+                    "berth.backup.removal_failed",
+                    Severity::Warn,
+                    format!("backup {}: {reason}", b.id),
+                    now(),
+                )
+            }
+        };
+        self.store.status_record(svc.id, None, &[event]).await?;
         Ok(())
     }
 
@@ -512,7 +575,7 @@ impl Reconciler {
                 .and_then(|c| c.as_object().cloned())
                 .unwrap_or_default(),
             secrets: secrets.backups,
-            retention_days: svc.spec.backups.delete_retention_days,
+            retention_days: Some(retention_days(svc)),
             service_secrets: secrets.service,
         })
     }

@@ -200,6 +200,26 @@ pub fn final_backup_backoff(failed: usize) -> time::Duration {
     time::Duration::seconds(secs as i64)
 }
 
+/// The backups retention removes: those scheduled more than `keep_for` before `now` that are
+/// over (confirmed or failed), except the newest confirmed one, which is always kept so that a
+/// service with backups on can always be restored.
+pub fn expired_backups(
+    list: &[BackupEntry],
+    now: OffsetDateTime,
+    keep_for: time::Duration,
+) -> Vec<BackupEntry> {
+    let newest = list
+        .iter()
+        .filter(|b| b.confirmed_at.is_some())
+        .max_by_key(|b| b.scheduled_at)
+        .map(|b| b.id);
+    list.iter()
+        .filter(|b| b.confirmed_at.is_some() || b.error.is_some())
+        .filter(|b| Some(b.id) != newest && b.scheduled_at + keep_for < now)
+        .cloned()
+        .collect()
+}
+
 /// Decides the next step for a deleted service.
 ///
 /// Without backups: delete the instance, then purge the records. With backups: take a final
@@ -617,6 +637,29 @@ mod tests {
             confirmed_at: confirmed.then(|| at(scheduled + 1)),
             error: error.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn retention_removes_old_backups_but_always_keeps_the_newest_confirmed_one() {
+        let day = time::Duration::seconds(100);
+        let list = [
+            backup(0, true, None),                  // old, confirmed: goes
+            backup(10, false, Some("S3 said 403")), // old, failed: goes
+            backup(20, false, None),                // old, still running: stays until it ends
+            backup(150, true, None),                // young: stays
+        ];
+        let ids = |v: Vec<BackupEntry>| v.into_iter().map(|b| b.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(expired_backups(&list, at(200), day)),
+            [list[0].id, list[1].id]
+        );
+        // Everything old: the newest confirmed one is kept anyway.
+        assert_eq!(
+            ids(expired_backups(&list, at(10_000), day)),
+            [list[0].id, list[1].id]
+        );
+        let only_old = [backup(0, true, None)];
+        assert!(expired_backups(&only_old, at(10_000), day).is_empty());
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub struct BackupsInput {
     pub delete_retention_days: Option<i64>,
     #[serde(default)]
     pub interval_h: Option<i64>,
+    /// How long each backup is kept, 1..365 days (default 7); the newest confirmed one is
+    /// always kept.
+    #[serde(default)]
+    pub retention_days: Option<i64>,
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub config: Option<JsonMap>,
@@ -121,6 +125,8 @@ pub struct BackupsView {
     pub delete_retention_days: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interval_h: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
     /// The service's backups, oldest first.
     pub entries: Vec<crate::BackupEntry>,
 }

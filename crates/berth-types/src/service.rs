@@ -38,6 +38,10 @@ pub struct BackupSettings {
     pub delete_retention_days: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval_h: Option<u32>,
+    /// How long a backup is kept (Berth's extension; 7 when left out). The newest confirmed
+    /// backup is always kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub config: Option<Value>,

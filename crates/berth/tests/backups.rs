@@ -263,3 +263,61 @@ async fn a_backup_to_a_store_that_refuses_fails_loudly_and_is_not_confirmed() {
         assert!(v.to_string().contains(field), "{field}: {v}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_expired_backups_and_their_objects() {
+    // A "day" of retention lasts 5 seconds here.
+    let s = TestServer::start_with(|cfg| cfg.retention_day = Duration::from_secs(5)).await;
+    let (config, secrets) = store(&s, "retention").await;
+    let mut body = redis_body("cache", "8");
+    body["backups"] =
+        json!({"enabled": true, "retentionDays": 1, "config": config, "secrets": secrets});
+    let created = s.create(body).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    s.wait_state(&id, "synchronized", READY).await;
+    let old: Vec<String> = [backup_now(&s, &id).await, backup_now(&s, &id).await]
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_owned())
+        .collect();
+    let b = bucket(&config, &secrets);
+    let objects_of = |backup: &str| b.key(&format!("{id}/backups/{backup}/"));
+    for backup in &old {
+        assert_eq!(b.list(&objects_of(backup)).await.unwrap().len(), 2);
+    }
+
+    // Past the retention, a new backup: the two old ones go, objects and entries; the new one
+    // stays. (Until then, the newest confirmed backup is always kept.)
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let young = backup_now(&s, &id).await;
+    let young = young["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + READY;
+    loop {
+        let (_, v) = s.get(&format!("/api/managed-services/{id}")).await;
+        let listed: Vec<&str> = v["backups"]["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap())
+            .collect();
+        if listed == [young.as_str()] {
+            assert_eq!(v["backups"]["retentionDays"], 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "not expired: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for backup in &old {
+        assert!(b.list(&objects_of(backup)).await.unwrap().is_empty());
+    }
+    assert_eq!(b.list(&objects_of(&young)).await.unwrap().len(), 2);
+    let (_, v) = s
+        .get(&format!("/api/managed-services/{id}/events?limit=100"))
+        .await;
+    let expired = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["eventName"] == "berth.backup.expired")
+        .count();
+    assert_eq!(expired, 2, "{v}");
+}
