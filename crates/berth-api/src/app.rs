@@ -18,6 +18,7 @@ use berth_types::{
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde_json::Value;
+use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -85,6 +86,177 @@ impl App {
             })
     }
 
+    /// `recoverFrom: {id}`: a confirmed backup of a service of the same team and provider.
+    async fn backup_by_id(
+        &self,
+        def: &berth_types::ProviderDefinition,
+        team: i64,
+        obj: &JsonMap,
+        errors: &mut Vec<FieldError>,
+    ) -> Result<Option<(ServiceId, Service, Uuid, Option<OffsetDateTime>)>, ApiError> {
+        let Some(id) = obj
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<Uuid>().ok())
+        else {
+            errors.push(FieldError::new(
+                "recoverFrom.id",
+                "must be the id (uuid) of a backup",
+            ));
+            return Ok(None);
+        };
+        let no_such = FieldError::new("recoverFrom.id", format!("no backup {id} for team {team}"));
+        let Some((owner, backup)) = self.store.backup_get(id).await? else {
+            errors.push(no_such);
+            return Ok(None);
+        };
+        let Some(source) = self
+            .recovery_source(def, team, owner, "recoverFrom.id", errors)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if backup.confirmed_at.is_none() {
+            errors.push(FieldError::new(
+                "recoverFrom.id",
+                format!("backup {id} is not confirmed; only a confirmed backup can be restored"),
+            ));
+            return Ok(None);
+        }
+        Ok(Some((owner, source, id, None)))
+    }
+
+    /// `recoverFrom: {msId, time}`: the newest backup confirmed by then, and WAL archived past
+    /// it; a time outside what the backups and the archive cover is refused with the bounds.
+    async fn point_in_time(
+        &self,
+        def: &berth_types::ProviderDefinition,
+        team: i64,
+        obj: &JsonMap,
+        errors: &mut Vec<FieldError>,
+    ) -> Result<Option<(ServiceId, Service, Uuid, Option<OffsetDateTime>)>, ApiError> {
+        let owner = obj
+            .get("msId")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<Uuid>().ok());
+        let time = obj
+            .get("time")
+            .and_then(Value::as_str)
+            .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+        let (Some(owner), Some(time)) = (owner, time) else {
+            if owner.is_none() {
+                errors.push(FieldError::new(
+                    "recoverFrom.msId",
+                    "must be the id (uuid) of a service",
+                ));
+            }
+            if time.is_none() {
+                errors.push(FieldError::new(
+                    "recoverFrom.time",
+                    "must be an RFC 3339 time",
+                ));
+            }
+            return Ok(None);
+        };
+        if !def.capabilities.point_in_time_recovery {
+            errors.push(FieldError::new(
+                "recoverFrom.time",
+                format!(
+                    "provider {} has no point-in-time recovery; recover from a backup with {{id}}",
+                    def.name
+                ),
+            ));
+            return Ok(None);
+        }
+        let Some(source) = self
+            .recovery_source(def, team, owner, "recoverFrom.msId", errors)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let fmt = |t: OffsetDateTime| t.format(&Rfc3339).unwrap_or_default();
+        let backups = self.store.backup_list(owner).await?;
+        let base = backups
+            .iter()
+            .filter(|b| b.confirmed_at.is_some_and(|c| c <= time))
+            .max_by_key(|b| b.confirmed_at);
+        let Some(base) = base else {
+            let first = backups.iter().filter_map(|b| b.confirmed_at).min();
+            errors.push(FieldError::new(
+                "recoverFrom.time",
+                match first {
+                    Some(f) => format!(
+                        "{} is before the first backup (confirmed at {})",
+                        fmt(time),
+                        fmt(f)
+                    ),
+                    None => format!("service {owner} has no confirmed backup"),
+                },
+            ));
+            return Ok(None);
+        };
+        let archived = self
+            .store
+            .status_get(owner)
+            .await?
+            .and_then(|st| {
+                st.details
+                    .get("walArchivedUntil")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .and_then(|t| OffsetDateTime::parse(&t, &Rfc3339).ok());
+        if archived.is_none_or(|a| time > a) {
+            errors.push(FieldError::new(
+                "recoverFrom.time",
+                match archived {
+                    Some(a) => format!(
+                        "{} is after the last archived WAL ({}); WAL is archived at least every archiveTimeoutS seconds while there are writes",
+                        fmt(time),
+                        fmt(a)
+                    ),
+                    None => format!("no WAL of service {owner} is archived yet"),
+                },
+            ));
+            return Ok(None);
+        }
+        Ok(Some((owner, source, base.id, Some(time))))
+    }
+
+    /// The service a recovery reads from: same team (else it does not exist for the caller)
+    /// and same provider.
+    async fn recovery_source(
+        &self,
+        def: &berth_types::ProviderDefinition,
+        team: i64,
+        owner: ServiceId,
+        field: &str,
+        errors: &mut Vec<FieldError>,
+    ) -> Result<Option<Service>, ApiError> {
+        let source = match self.store.service_get(owner).await {
+            Ok(s) if s.spec.team_id == team => s,
+            Ok(_) | Err(berth_store::StoreError::NotFound(_)) => {
+                errors.push(FieldError::new(
+                    field,
+                    format!("nothing to recover for team {team}"),
+                ));
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if source.spec.provider.name != def.name {
+            errors.push(FieldError::new(
+                field,
+                format!(
+                    "the backups hold {} data; create a {} service to restore them",
+                    source.spec.provider.name, source.spec.provider.name
+                ),
+            ));
+            return Ok(None);
+        }
+        Ok(Some(source))
+    }
+
     /// Reads `recoverFrom` (`{id, config?, secrets?}`, or `{msId, time, ...}`): the backup must
     /// be a confirmed one of a service of the same team and provider. The store it is read
     /// from is the source's backup store unless the request names another. Answers the
@@ -123,56 +295,15 @@ impl App {
             }
         };
         let (config, secrets) = (map("config", errors), map("secrets", errors));
-        if obj.contains_key("msId") || obj.contains_key("time") {
-            errors.push(FieldError::new(
-                "recoverFrom.time",
-                "point-in-time recovery is not available yet; recover from a backup with {id}",
-            ));
-            return Ok(None);
-        }
-        let Some(id) = obj
-            .get("id")
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse::<Uuid>().ok())
+        let Some((owner, source, backup_id, time)) =
+            (if obj.contains_key("msId") || obj.contains_key("time") {
+                self.point_in_time(def, team, obj, errors).await?
+            } else {
+                self.backup_by_id(def, team, obj, errors).await?
+            })
         else {
-            errors.push(FieldError::new(
-                "recoverFrom.id",
-                "must be the id (uuid) of a backup",
-            ));
             return Ok(None);
         };
-        let no_such = |errors: &mut Vec<FieldError>| {
-            errors.push(FieldError::new(
-                "recoverFrom.id",
-                format!("no backup {id} for team {team}"),
-            ));
-        };
-        let Some((owner, backup)) = self.store.backup_get(id).await? else {
-            no_such(errors);
-            return Ok(None);
-        };
-        let source = self.store.service_get(owner).await?;
-        if source.spec.team_id != team {
-            no_such(errors);
-            return Ok(None);
-        }
-        if source.spec.provider.name != def.name {
-            errors.push(FieldError::new(
-                "recoverFrom.id",
-                format!(
-                    "backup {id} holds {} data; create a {} service to restore it",
-                    source.spec.provider.name, source.spec.provider.name
-                ),
-            ));
-            return Ok(None);
-        }
-        if backup.confirmed_at.is_none() {
-            errors.push(FieldError::new(
-                "recoverFrom.id",
-                format!("backup {id} is not confirmed; only a confirmed backup can be restored"),
-            ));
-            return Ok(None);
-        }
         let (config, secrets) = if config.is_empty() {
             let stored = self.store.secrets_get(owner).await?;
             let config = source
@@ -207,9 +338,9 @@ impl App {
             ));
         }
         let recover = RecoverFrom {
-            backup_id: id,
+            backup_id,
             ms_id: owner,
-            time: None,
+            time,
             config,
         };
         Ok(Some((recover, source, secrets)))

@@ -6,6 +6,7 @@
 //! [`contract_server`] serves any implementation over HTTP. The reconciler never knows which one
 //! it drives, and `tests/contract.rs` runs one suite against each.
 
+pub mod archiver;
 pub mod contract_server;
 pub mod limits;
 pub mod local;

@@ -75,6 +75,9 @@ pub struct HostConfig {
     /// How long a start may take before it counts as failed.
     pub start_timeout: Duration,
     pub run_as: Option<RunAs>,
+    /// Seals what must survive a restart but is secret (a backup store's key); without it,
+    /// such things are kept in memory only.
+    pub cipher: Option<Arc<berth_store::Cipher>>,
 }
 
 /// What all local backends on this host share: instances, ports, limits and the OS user.
@@ -89,6 +92,8 @@ pub struct LocalHost {
     /// Backups taken by this process: under way, or how they ended (until their status is
     /// asked for). One missing here was interrupted by a restart, unless the store has it.
     jobs: StdMutex<HashMap<Uuid, Job>>,
+    /// WAL archiving of the PostgreSQL instances whose services take backups.
+    archive: Arc<crate::archiver::Archive>,
 }
 
 /// One backup taken here.
@@ -109,6 +114,7 @@ impl LocalHost {
         let instances = cfg.data_dir.join("instances");
         std::fs::create_dir_all(&instances)?;
         let installs = Installations::discover(&cfg.engines_dir);
+        let archive = Arc::new(crate::archiver::Archive::new(cfg.cipher.clone()));
         let host = Arc::new(Self {
             installs,
             cgroups: Cgroups::detect(),
@@ -117,6 +123,7 @@ impl LocalHost {
             changed,
             cfg,
             jobs: StdMutex::new(HashMap::new()),
+            archive,
         });
         let procs = process::ProcTable::scan();
         for entry in std::fs::read_dir(&instances)?.flatten() {
@@ -128,6 +135,7 @@ impl LocalHost {
                 continue;
             };
             let dir = entry.path();
+            host.archive.load(id, &dir);
             let record: Option<Record> = std::fs::read(dir.join("instance.json"))
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
@@ -155,6 +163,7 @@ impl LocalHost {
             }
             host.slots.lock().unwrap().insert(id, Arc::new(slot));
         }
+        crate::archiver::spawn(Arc::downgrade(&host.archive), host.changed.clone());
         Ok(host)
     }
 
@@ -399,6 +408,7 @@ impl LocalBackend {
         self.stop(slot, &dir).await;
         let _ = tokio::fs::remove_dir_all(&dir).await;
         self.host.cgroups.remove(id);
+        self.host.archive.forget(id);
         let record = slot.state.lock().unwrap().record.take();
         if let Some(r) = record {
             self.host.release_port(r.port);
@@ -468,13 +478,15 @@ impl LocalBackend {
                     ctx: &ctx,
                     run_as: self.host.cfg.run_as,
                 };
-                berth_backup::restore::restore(&target, &bucket, r.ms_id, r.backup_id)
+                berth_backup::restore::restore(&target, &bucket, r.ms_id, r.backup_id, r.time)
                     .await
                     .map_err(|e| backup_error(&format!("restoring backup {}", r.backup_id), e))?;
             }
         }
         tracing::debug!(id = %spec.id, init_ms = t0.elapsed().as_millis() as u64, "instance files laid out");
         self.start(slot, &record, &spec.secrets, true).await?;
+        // A point-in-time restore's fetched WAL is replayed by now.
+        let _ = std::fs::remove_dir_all(berth_backup::restore::wal_restore_dir(&ctx));
         let mut record = record;
         record.initialized = true;
         write_record(&dir, &record)?;
@@ -498,6 +510,7 @@ impl LocalBackend {
         details.insert("ready".into(), Value::from(ready));
         details.insert("running".into(), Value::from(running));
         details.insert("paused".into(), Value::from(record.paused));
+        details.extend(self.host.archive.details(id));
         if !st.limits.is_empty() {
             details.insert("limits".into(), Value::Object(st.limits.clone()));
         }
@@ -762,6 +775,16 @@ impl ProviderBackend for LocalBackend {
         }
         let ctx = self.ctx(&record)?;
         let (kind, run_as, ms_id) = (self.kind(), self.host.cfg.run_as, req.ms_id);
+        // From the first backup on, finished WAL segments go to the store too (PostgreSQL);
+        // the spool exists before the base backup starts, so no segment it needs is dropped.
+        self.host
+            .archive
+            .set_target(ms_id, &ctx.dir, &req.config, &req.secrets, bucket.clone())
+            .map_err(|e| BackendError::Failed(format!("keeping the backup store: {e}")))?;
+        if kind == EngineKind::Postgres {
+            berth_engines::postgres::private_dir(&berth_engines::postgres::wal_spool(&ctx), run_as)
+                .map_err(|e| BackendError::Failed(format!("creating the WAL spool: {e}")))?;
+        }
         self.host.jobs.lock().unwrap().insert(backup, Job::Running);
         let host = self.host.clone();
         tokio::spawn(async move {

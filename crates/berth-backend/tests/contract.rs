@@ -66,6 +66,7 @@ fn fixture(ports: (u16, u16)) -> Fixture {
             ports: ports.0..ports.1,
             start_timeout: Duration::from_secs(30),
             run_as: run_as(),
+            cipher: None,
         },
         Arc::new(tokio::sync::Notify::new()),
     )

@@ -120,6 +120,7 @@ async fn a_change_the_engine_rejects_is_rolled_back_and_the_instance_keeps_runni
             ports: base..base + 20,
             start_timeout: Duration::from_secs(10),
             run_as: run_as(),
+            cipher: None,
         },
         Arc::new(tokio::sync::Notify::new()),
     )

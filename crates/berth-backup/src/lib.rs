@@ -14,6 +14,7 @@
 pub mod objects;
 pub mod restore;
 pub mod take;
+pub mod wal;
 
 use berth_types::JsonMap;
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,9 @@ pub struct Manifest {
     /// The service's config when it was taken (user and database names, version).
     pub config: JsonMap,
     pub objects: Vec<ObjectInfo>,
+    /// PostgreSQL: no archived WAL older than this segment is needed to restore this backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_start: Option<String>,
 }
 
 /// Key (relative to the destination prefix) of a backup's files.
@@ -94,5 +98,37 @@ pub async fn remove(bucket: &Bucket, ms_id: Uuid, backup_id: Uuid) -> Result<()>
     for (key, _) in bucket.list(&prefix).await? {
         bucket.delete(&key).await?;
     }
-    Ok(())
+    prune_wal(bucket, ms_id).await
+}
+
+/// Deletes the archived WAL that no remaining backup needs: older than the oldest backup's
+/// start, or all of it once no backup is left.
+async fn prune_wal(bucket: &Bucket, ms_id: Uuid) -> Result<()> {
+    let mut oldest: Option<String> = None;
+    let backups = bucket.key(&format!("{ms_id}/backups/"));
+    for (key, _) in bucket.list(&backups).await? {
+        if !key.ends_with("/manifest.json") {
+            continue;
+        }
+        let Some(bytes) = bucket.get(&key).await? else {
+            continue;
+        };
+        let m: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| BackupError::Verify(format!("{key} is not a manifest: {e}")))?;
+        match m.wal_start {
+            Some(w) => oldest = Some(oldest.map_or(w.clone(), |o| o.min(w))),
+            // A backup that does not say where its WAL starts: keep everything.
+            None if m.engine == "postgres" => return Ok(()),
+            None => {}
+        }
+    }
+    match oldest {
+        Some(before) => wal::prune(bucket, ms_id, &before).await.map(|_| ()),
+        None => {
+            for (key, _) in bucket.list(&bucket.key(&wal::wal_key(ms_id, ""))).await? {
+                bucket.delete(&key).await?;
+            }
+            Ok(())
+        }
+    }
 }

@@ -4,6 +4,7 @@
 use berth_engines::postgres::{chown_tree, command_as, private_dir, RECOVERY_CONF};
 use berth_engines::{EngineKind, InstanceCtx, RunAs};
 use md5::{Digest, Md5};
+use time::OffsetDateTime;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use uuid::Uuid;
 
@@ -18,13 +19,15 @@ pub struct Target<'a> {
 }
 
 /// Restores backup `backup_id` of service `ms_id` into the (empty) instance directory of
-/// `target`. PostgreSQL starts in recovery to the end of the backup and promotes itself; Redis
-/// loads the snapshot as the base of its append-only file.
+/// `target`. PostgreSQL starts in recovery, to the end of the backup or, with `time`, through
+/// the archived WAL to that time, and promotes itself; Redis loads the snapshot as the base of
+/// its append-only file.
 pub async fn restore(
     target: &Target<'_>,
     bucket: &Bucket,
     ms_id: Uuid,
     backup_id: Uuid,
+    time: Option<OffsetDateTime>,
 ) -> Result<Manifest> {
     let m = manifest(bucket, ms_id, backup_id).await?.ok_or_else(|| {
         BackupError::NotFound(format!(
@@ -84,14 +87,18 @@ pub async fn restore(
                     String::from_utf8_lossy(&out.stderr).trim()
                 )));
             }
-            // Recover to the end of the backup (its WAL is inside), then take writes.
             let data = ctx.data_dir();
+            let settings = match time {
+                // Recover to the end of the backup (its WAL is inside), then take writes.
+                None => "restore_command = 'false'\nrecovery_target = 'immediate'\n".to_owned(),
+                Some(time) => point_in_time(target, bucket, ms_id, time).await?,
+            };
             std::fs::write(
                 data.join(RECOVERY_CONF),
-                "# Written by Berth for a restore; inert once recovery is over.\n\
-                 restore_command = 'false'\n\
-                 recovery_target = 'immediate'\n\
-                 recovery_target_action = 'promote'\n",
+                format!(
+                    "# Written by Berth for a restore; inert once recovery is over.\n\
+                     {settings}recovery_target_action = 'promote'\n"
+                ),
             )
             .and_then(|_| std::fs::write(data.join("recovery.signal"), ""))
             .map_err(|e| BackupError::Engine(format!("writing the recovery settings: {e}")))?;
@@ -113,6 +120,43 @@ pub async fn restore(
         }
     }
     Ok(m)
+}
+
+/// Where a point-in-time restore keeps the WAL it fetched, until the first start is over.
+pub fn wal_restore_dir(ctx: &InstanceCtx) -> std::path::PathBuf {
+    ctx.dir.join("wal-restore")
+}
+
+/// Fetches the archived WAL from the backup's start on and answers the recovery settings that
+/// replay it to `time`: a target time when the archive holds a commit after it, else all of it
+/// (PostgreSQL refuses to end a recovery short of a target time it never reached).
+async fn point_in_time(
+    target: &Target<'_>,
+    bucket: &Bucket,
+    ms_id: Uuid,
+    time: OffsetDateTime,
+) -> Result<String> {
+    let ctx = target.ctx;
+    let dir = wal_restore_dir(ctx);
+    private_dir(&dir, target.run_as)?;
+    let start = crate::wal::start_segment(&ctx.data_dir())?;
+    crate::wal::fetch(bucket, ms_id, &start, &dir).await?;
+    chown_tree(&dir, target.run_as)?;
+    let quoted = dir.display().to_string().replace('\'', "''");
+    let mut settings = format!("restore_command = 'cp \"{quoted}/%f\" \"%p\"'\n");
+    if crate::wal::commit_after(ctx, &dir, time).await? {
+        // PostgreSQL's own timestamp syntax (it refuses RFC 3339's `T`/`Z` with nanoseconds).
+        let t = time
+            .to_offset(time::UtcOffset::UTC)
+            .format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6]+00"
+            ))
+            .expect("UTC times format");
+        settings.push_str(&format!(
+            "recovery_target_time = '{t}'\nrecovery_target_inclusive = on\n"
+        ));
+    }
+    Ok(settings)
 }
 
 /// Streams an object into `out`, checking its size and MD5 against the manifest's.

@@ -35,8 +35,10 @@ pub async fn take(
     backup_id: Uuid,
 ) -> Result<Manifest> {
     let started_at = OffsetDateTime::now_utc();
+    let mut wal_start = None;
     let object = match src.kind {
         EngineKind::Postgres => {
+            wal_start = Some(berth_engines::postgres::current_wal_file(src.ctx).await?);
             let key = bucket.key(&backup_key(ms_id, backup_id, "base.tar"));
             postgres_base(src, bucket, &key).await?
         }
@@ -69,6 +71,7 @@ pub async fn take(
         finished_at: OffsetDateTime::now_utc(),
         config: src.ctx.config.clone(),
         objects: vec![object],
+        wal_start,
     };
     let key = bucket.key(&backup_key(ms_id, backup_id, "manifest.json"));
     bucket

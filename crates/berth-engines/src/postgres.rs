@@ -241,6 +241,25 @@ pub fn chown_tree(path: &Path, run_as: Option<RunAs>) -> Result<()> {
 /// `berth.conf`, inert once recovery is over (PostgreSQL removes `recovery.signal`).
 pub const RECOVERY_CONF: &str = "berth-recovery.conf";
 
+/// Where `archive_command` puts finished WAL segments, when the directory exists.
+pub fn wal_spool(ctx: &InstanceCtx) -> PathBuf {
+    ctx.dir.join("wal-spool")
+}
+
+/// The WAL file being written now: a base backup started after this needs nothing older.
+pub async fn current_wal_file(ctx: &InstanceCtx) -> Result<String> {
+    let mut c = Postgres::admin_options(ctx)
+        .connect()
+        .await
+        .map_err(|e| EngineError::Unhealthy(format!("connecting as the superuser: {e}")))?;
+    let (file,): (String,) = sqlx::query_as("SELECT pg_walfile_name(pg_current_wal_lsn())")
+        .fetch_one(&mut c)
+        .await
+        .map_err(|e| EngineError::Command(format!("reading the WAL position: {e}")))?;
+    let _ = c.close().await;
+    Ok(file)
+}
+
 /// `pg_basebackup` writing a tar of the whole instance, with the WAL it needs to be consistent
 /// (`-X fetch`), to stdout; as the instances' user, over the instance's own socket.
 pub fn base_backup_command(ctx: &InstanceCtx, run_as: Option<RunAs>) -> std::process::Command {
@@ -438,6 +457,11 @@ impl crate::Engine for Postgres {
              logging_collector = off\n\
              log_statement = 'none'\n\
              log_min_duration_statement = -1\n\
+             # Every finished WAL segment is copied to the spool while it exists (backups on);\n\
+             # Berth uploads and removes what is there. Without the spool, segments are dropped.\n\
+             archive_mode = on\n\
+             archive_command = 'test ! -d \"{spool}\" || (cp %p \"{spool}/%f.part\" && sync \"{spool}/%f.part\" && mv \"{spool}/%f.part\" \"{spool}/%f\")'\n\
+             archive_timeout = {archive_timeout}\n\
              # A restore's recovery settings, while it recovers (see berth-backup).\n\
              include_if_exists = '{RECOVERY_CONF}'\n",
             port = ctx.port,
@@ -446,6 +470,12 @@ impl crate::Engine for Postgres {
             maint = (memory_mib / 16).max(8),
             mwp = MAX_WORKER_PROCESSES,
             gather = (workers / 2).max(1),
+            spool = wal_spool(ctx).display().to_string().replace('\'', "''"),
+            archive_timeout = ctx
+                .config
+                .get("archiveTimeoutS")
+                .and_then(|v| v.as_i64())
+                .unwrap_or(60),
         );
         std::fs::write(ctx.data_dir().join("berth.conf"), conf)
             .map_err(EngineError::io("writing berth.conf"))

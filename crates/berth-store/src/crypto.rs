@@ -83,6 +83,12 @@ impl MasterKey {
 /// Seals and opens secrets with the master key.
 pub struct Cipher(XChaCha20Poly1305);
 
+impl std::fmt::Debug for Cipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cipher(..)")
+    }
+}
+
 impl Cipher {
     pub fn new(key: &MasterKey) -> Self {
         Self(XChaCha20Poly1305::new((&key.0).into()))

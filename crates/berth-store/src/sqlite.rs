@@ -422,8 +422,9 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         // The credentials are destroyed with the delete: nothing can reveal them again. Only what
-        // the final backup and the removal of the backups need is kept, until the purge.
-        let kept = if svc.spec.backups.enabled {
+        // the final backup and the removal of the backups need is kept, until the purge (also
+        // when the final backup is skipped: the backups taken before are removed at the purge).
+        let kept = if svc.spec.backups.enabled || skip {
             let sealed: Vec<u8> =
                 sqlx::query_scalar("SELECT sealed FROM service_secrets WHERE service_id = ?")
                     .bind(id.to_string())

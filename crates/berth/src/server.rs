@@ -187,6 +187,7 @@ pub fn builtin_backends(
     cfg: &ServerConfig,
     run_as: Option<RunAs>,
     changed: Arc<Notify>,
+    cipher: Option<Arc<Cipher>>,
 ) -> anyhow::Result<Builtins> {
     let host = LocalHost::open(
         HostConfig {
@@ -195,6 +196,7 @@ pub fn builtin_backends(
             ports: cfg.port_range.0..cfg.port_range.1,
             start_timeout: Duration::from_secs(30),
             run_as,
+            cipher,
         },
         changed,
     )
@@ -267,7 +269,8 @@ pub async fn serve_backend(
     api_key: Option<String>,
 ) -> anyhow::Result<()> {
     let (data_dir, run_as) = prepare_data_dir(&cfg)?;
-    let builtins = builtin_backends(&data_dir, &cfg, run_as, Arc::new(Notify::new()))?;
+    // No master key here: a backup store given to this backend is kept in memory only.
+    let builtins = builtin_backends(&data_dir, &cfg, run_as, Arc::new(Notify::new()), None)?;
     let mut served = std::collections::HashMap::new();
     for p in builtins.providers {
         if providers.is_empty() || providers.contains(&p.def.name) {
@@ -342,7 +345,13 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     let token = admin_token(&data_dir.join("admin.token"))?;
 
     let changed = Arc::new(Notify::new());
-    let builtins = builtin_backends(&data_dir, &cfg, run_as, changed.clone())?;
+    let builtins = builtin_backends(
+        &data_dir,
+        &cfg,
+        run_as,
+        changed.clone(),
+        Some(Arc::new(Cipher::new(&key))),
+    )?;
     let mut entries: Vec<CatalogEntry> = builtins
         .providers
         .into_iter()

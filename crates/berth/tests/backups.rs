@@ -321,3 +321,127 @@ async fn retention_removes_expired_backups_and_their_objects() {
         .count();
     assert_eq!(expired, 2, "{v}");
 }
+
+/// The service's status details' `walArchivedUntil`, once it is at least `at`.
+async fn wait_archived(s: &TestServer, id: &str, at: time::OffsetDateTime) {
+    let rfc = time::format_description::well_known::Rfc3339;
+    let deadline = Instant::now() + READY;
+    loop {
+        let (_, v) = s.get(&format!("/api/managed-services/{id}")).await;
+        let until = v["status"]["details"]["walArchivedUntil"]
+            .as_str()
+            .and_then(|t| time::OffsetDateTime::parse(t, &rfc).ok());
+        if until.is_some_and(|u| u >= at) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "WAL not archived past {at}: {}",
+            v["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_recovers_to_a_point_in_time_from_the_archived_wal() {
+    let rfc = time::format_description::well_known::Rfc3339;
+    let s = TestServer::start().await;
+    let (config, secrets) = store(&s, "pitr").await;
+    let mut body = pg_body("ledger", "16");
+    body["config"]["archiveTimeoutS"] = json!(5);
+    body["backups"] =
+        json!({"enabled": true, "intervalH": 24, "config": config, "secrets": secrets});
+    let created = s.create(body).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    s.wait_state(&id, "synchronized", READY).await;
+    // The first backup is taken on its own, as soon as the service runs.
+    let first = loop {
+        let (_, v) = s.get(&format!("/api/managed-services/{id}")).await;
+        let e = v["backups"]["entries"][0].clone();
+        if e["confirmedAt"].is_string() {
+            break e;
+        }
+        assert!(e["error"].is_null(), "{e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let url = s.env(&id).await["DATABASE_URL"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut c = pg(&url).await;
+    for sql in [
+        "CREATE TABLE t (id int primary key)",
+        "INSERT INTO t SELECT generate_series(1, 100)",
+    ] {
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    }
+    // The moment to go back to: after those commits, before the ones below.
+    let moment = time::OffsetDateTime::now_utc();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for sql in ["DELETE FROM t WHERE id > 50", "INSERT INTO t VALUES (500)"] {
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    }
+    let after = time::OffsetDateTime::now_utc();
+    wait_archived(&s, &id, after).await;
+
+    // Outside what the backups and the archive cover: refused with the bounds.
+    let first_confirmed =
+        time::OffsetDateTime::parse(first["confirmedAt"].as_str().unwrap(), &rfc).unwrap();
+    for (t, says) in [
+        (
+            first_confirmed - time::Duration::minutes(5),
+            "before the first backup",
+        ),
+        (
+            after + time::Duration::hours(1),
+            "after the last archived WAL",
+        ),
+    ] {
+        let mut body = pg_body("too-far", "16");
+        body["recoverFrom"] = json!({"msId": id, "time": t.format(&rfc).unwrap()});
+        let (code, v) = s
+            .call(reqwest::Method::POST, "/api/managed-services", Some(body))
+            .await;
+        assert_eq!(code, 422, "{v}");
+        assert!(v.to_string().contains(says), "{says}: {v}");
+    }
+
+    // To the moment: exactly the rows of then; the source goes on with its own.
+    let mut body = pg_body("ledger-then", "16");
+    body["recoverFrom"] = json!({"msId": id, "time": moment.format(&rfc).unwrap()});
+    let restored = s.create(body).await;
+    let rid = restored["id"].as_str().unwrap().to_owned();
+    s.wait_state(&rid, "synchronized", READY).await;
+    let rurl = s.env(&rid).await["DATABASE_URL"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(ids_in(&rurl).await, (1..=100).collect::<Vec<_>>());
+    let mut now: Vec<i32> = (1..=50).collect();
+    now.push(500);
+    assert_eq!(ids_in(&url).await, now);
+    sqlx::query("INSERT INTO t VALUES (1000)")
+        .execute(&mut pg(&rurl).await)
+        .await
+        .unwrap();
+
+    // Purged, the source takes its backups and its archived WAL along.
+    let b = bucket(&config, &secrets);
+    let everything = b.key(&format!("{id}/"));
+    let stored = b.list(&everything).await.unwrap();
+    assert!(
+        stored.iter().any(|(k, _)| k.contains("/wal/")),
+        "{stored:?}"
+    );
+    let (code, v) = s
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/managed-services/{id}?skipFinalBackup=true"),
+            None,
+        )
+        .await;
+    assert!(code < 300, "{v}");
+    s.wait_gone(&id, READY).await;
+    assert_eq!(b.list(&everything).await.unwrap(), vec![]);
+}

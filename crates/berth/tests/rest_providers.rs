@@ -26,6 +26,7 @@ async fn serve_backend(dir: &std::path::Path) -> (String, Arc<dyn ProviderBacken
             ports: ports.0..ports.1,
             start_timeout: Duration::from_secs(30),
             run_as,
+            cipher: None,
         },
         Arc::new(tokio::sync::Notify::new()),
     )
