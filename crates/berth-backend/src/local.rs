@@ -767,10 +767,9 @@ impl ProviderBackend for LocalBackend {
             };
             (record, secrets)
         };
-        if record.paused || !self.is_running(&slot, &self.host.dir(req.ms_id)) {
+        if !record.initialized {
             return Err(BackendError::Failed(
-                "the instance is not running (paused or stopped): backups are taken from a running server"
-                    .into(),
+                "the instance is still being made; the backup waits for it".into(),
             ));
         }
         let ctx = self.ctx(&record)?;
@@ -788,11 +787,25 @@ impl ProviderBackend for LocalBackend {
         self.host.jobs.lock().unwrap().insert(backup, Job::Running);
         let host = self.host.clone();
         tokio::spawn(async move {
+            // A stopped server (a paused service) is backed up as its data directory: no
+            // start may come in between, so that one holds the instance until it is done.
+            let data_dir = ctx.data_dir();
+            let running_now = |slot: &Slot| {
+                let st = slot.state.lock().unwrap();
+                !st.record.as_ref().is_some_and(|r| r.paused)
+                    && st.pid.is_some_and(|p| process::alive(p, &data_dir))
+            };
+            let _op = if running_now(&slot) {
+                None
+            } else {
+                Some(slot.op.lock().await)
+            };
             let src = berth_backup::take::Source {
                 kind,
                 ctx: &ctx,
                 secrets: &secrets,
                 run_as,
+                running: running_now(&slot),
             };
             let t0 = Instant::now();
             let outcome = berth_backup::take::take(&src, &bucket, ms_id, backup).await;

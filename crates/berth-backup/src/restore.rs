@@ -58,51 +58,31 @@ pub async fn restore(
     }
     match target.kind {
         EngineKind::Postgres => {
-            let mut tar = tokio::process::Command::from(command_as(
-                std::path::Path::new("tar"),
-                target.run_as,
-            ));
-            tar.arg("-x")
-                .arg("-f")
-                .arg("-")
-                .arg("-C")
-                .arg(ctx.data_dir())
-                .current_dir("/")
-                .stdin(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .kill_on_drop(true);
-            let mut child = tar
-                .spawn()
-                .map_err(|e| BackupError::Engine(format!("starting tar: {e}")))?;
-            let stdin = child.stdin.take().expect("piped stdin");
-            let copied = download(bucket, object, stdin).await;
-            let out = child
-                .wait_with_output()
-                .await
-                .map_err(|e| BackupError::Engine(format!("waiting for tar: {e}")))?;
-            copied?;
-            if !out.status.success() {
-                return Err(BackupError::Engine(format!(
-                    "unpacking the base backup failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
+            untar(bucket, object, target).await?;
             let data = ctx.data_dir();
             let settings = match time {
+                // A stopped cluster's data directory is consistent as it is: it just starts.
+                None if !data.join("backup_label").exists() => None,
                 // Recover to the end of the backup (its WAL is inside), then take writes.
-                None => "restore_command = 'false'\nrecovery_target = 'immediate'\n".to_owned(),
-                Some(time) => point_in_time(target, bucket, ms_id, time).await?,
+                None => Some("restore_command = 'false'\nrecovery_target = 'immediate'\n".into()),
+                Some(time) => Some(point_in_time(target, bucket, &m, time).await?),
             };
-            std::fs::write(
-                data.join(RECOVERY_CONF),
-                format!(
-                    "# Written by Berth for a restore; inert once recovery is over.\n\
-                     {settings}recovery_target_action = 'promote'\n"
-                ),
-            )
-            .and_then(|_| std::fs::write(data.join("recovery.signal"), ""))
-            .map_err(|e| BackupError::Engine(format!("writing the recovery settings: {e}")))?;
+            if let Some(settings) = settings {
+                std::fs::write(
+                    data.join(RECOVERY_CONF),
+                    format!(
+                        "# Written by Berth for a restore; inert once recovery is over.\n\
+                         {settings}recovery_target_action = 'promote'\n"
+                    ),
+                )
+                .and_then(|_| std::fs::write(data.join("recovery.signal"), ""))
+                .map_err(|e| BackupError::Engine(format!("writing the recovery settings: {e}")))?;
+            }
             chown_tree(&data, target.run_as)?;
+        }
+        // A stopped instance's backup is its data directory, append-only file included.
+        EngineKind::Redis if object.key.ends_with(crate::take::OFFLINE_TAR) => {
+            untar(bucket, object, target).await?;
         }
         EngineKind::Redis => {
             let part = ctx.data_dir().join("restore.rdb.part");
@@ -122,6 +102,39 @@ pub async fn restore(
     Ok(m)
 }
 
+/// Unpacks a tar of a data directory (a base backup, or a stopped instance's) into the new
+/// instance's, as its user, checking the download against the manifest.
+async fn untar(bucket: &Bucket, object: &ObjectInfo, target: &Target<'_>) -> Result<()> {
+    let mut tar =
+        tokio::process::Command::from(command_as(std::path::Path::new("tar"), target.run_as));
+    tar.arg("-x")
+        .arg("-f")
+        .arg("-")
+        .arg("-C")
+        .arg(target.ctx.data_dir())
+        .current_dir("/")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = tar
+        .spawn()
+        .map_err(|e| BackupError::Engine(format!("starting tar: {e}")))?;
+    let stdin = child.stdin.take().expect("piped stdin");
+    let copied = download(bucket, object, stdin).await;
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| BackupError::Engine(format!("waiting for tar: {e}")))?;
+    copied?;
+    if !out.status.success() {
+        return Err(BackupError::Engine(format!(
+            "unpacking the backup failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
 /// Where a point-in-time restore keeps the WAL it fetched, until the first start is over.
 pub fn wal_restore_dir(ctx: &InstanceCtx) -> std::path::PathBuf {
     ctx.dir.join("wal-restore")
@@ -133,14 +146,18 @@ pub fn wal_restore_dir(ctx: &InstanceCtx) -> std::path::PathBuf {
 async fn point_in_time(
     target: &Target<'_>,
     bucket: &Bucket,
-    ms_id: Uuid,
+    m: &Manifest,
     time: OffsetDateTime,
 ) -> Result<String> {
     let ctx = target.ctx;
     let dir = wal_restore_dir(ctx);
     private_dir(&dir, target.run_as)?;
-    let start = crate::wal::start_segment(&ctx.data_dir())?;
-    crate::wal::fetch(bucket, ms_id, &start, &dir).await?;
+    // A base backup's label says where its WAL starts; a stopped one's manifest does.
+    let start = match crate::wal::start_segment(&ctx.data_dir()) {
+        Ok(s) => s,
+        Err(e) => m.wal_start.clone().ok_or(e)?,
+    };
+    crate::wal::fetch(bucket, m.ms_id, &start, &dir).await?;
     chown_tree(&dir, target.run_as)?;
     let quoted = dir.display().to_string().replace('\'', "''");
     let mut settings = format!("restore_command = 'cp \"{quoted}/%f\" \"%p\"'\n");

@@ -24,6 +24,9 @@ pub struct Source<'a> {
     /// The service's own secrets (Redis: the password that lets Berth ask for a snapshot).
     pub secrets: &'a JsonMap,
     pub run_as: Option<RunAs>,
+    /// The server runs. A stopped one (a paused service) is backed up as its data directory,
+    /// which nothing writes to meanwhile (the caller keeps it stopped until this returns).
+    pub running: bool,
 }
 
 /// Takes backup `backup_id` of service `ms_id`: the data, uploaded and checked, then the
@@ -37,6 +40,13 @@ pub async fn take(
     let started_at = OffsetDateTime::now_utc();
     let mut wal_start = None;
     let object = match src.kind {
+        EngineKind::Postgres | EngineKind::Redis if !src.running => {
+            if src.kind == EngineKind::Postgres {
+                wal_start = Some(berth_engines::postgres::checkpoint_wal_file(src.ctx).await?);
+            }
+            let key = bucket.key(&backup_key(ms_id, backup_id, OFFLINE_TAR));
+            offline(src, bucket, &key).await?
+        }
         EngineKind::Postgres => {
             wal_start = Some(berth_engines::postgres::current_wal_file(src.ctx).await?);
             let key = bucket.key(&backup_key(ms_id, backup_id, "base.tar"));
@@ -83,18 +93,48 @@ pub async fn take(
     Ok(manifest)
 }
 
+/// The object of a stopped instance's backup: its whole data directory.
+pub const OFFLINE_TAR: &str = "data.tar";
+
+/// A tar of the stopped instance's data directory, streamed into the store.
+async fn offline(src: &Source<'_>, bucket: &Bucket, key: &str) -> Result<ObjectInfo> {
+    let mut cmd = tokio::process::Command::from(berth_engines::postgres::command_as(
+        std::path::Path::new("tar"),
+        src.run_as,
+    ));
+    cmd.arg("-c")
+        .arg("-f")
+        .arg("-")
+        .arg("-C")
+        .arg(src.ctx.data_dir())
+        .arg(".")
+        .current_dir("/");
+    streamed(cmd, "tar", bucket, key).await
+}
+
 /// `pg_basebackup` streamed straight into the store: nothing is staged on local disk.
 async fn postgres_base(src: &Source<'_>, bucket: &Bucket, key: &str) -> Result<ObjectInfo> {
-    let mut cmd = tokio::process::Command::from(berth_engines::postgres::base_backup_command(
+    let cmd = tokio::process::Command::from(berth_engines::postgres::base_backup_command(
         src.ctx, src.run_as,
     ));
+    streamed(cmd, "pg_basebackup", bucket, key).await
+}
+
+/// Runs `cmd` and uploads what it writes to stdout as `key`; a failed command fails the
+/// upload (and removes what was stored) with its stderr.
+async fn streamed(
+    mut cmd: tokio::process::Command,
+    what: &str,
+    bucket: &Bucket,
+    key: &str,
+) -> Result<ObjectInfo> {
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     let mut child = cmd
         .spawn()
-        .map_err(|e| BackupError::Engine(format!("starting pg_basebackup: {e}")))?;
+        .map_err(|e| BackupError::Engine(format!("starting {what}: {e}")))?;
     let stdout = child.stdout.take().expect("piped stdout");
     let mut stderr = child.stderr.take().expect("piped stderr");
     let errors = tokio::spawn(async move {
@@ -106,14 +146,14 @@ async fn postgres_base(src: &Source<'_>, bucket: &Bucket, key: &str) -> Result<O
     let status = child
         .wait()
         .await
-        .map_err(|e| BackupError::Engine(format!("waiting for pg_basebackup: {e}")))?;
+        .map_err(|e| BackupError::Engine(format!("waiting for {what}: {e}")))?;
     let errors = errors.await.unwrap_or_default();
     if !status.success() {
         if let Ok(info) = &uploaded {
             let _ = bucket.delete(&info.key).await;
         }
         return Err(BackupError::Engine(format!(
-            "pg_basebackup failed ({status}): {}",
+            "{what} failed ({status}): {}",
             errors.trim()
         )));
     }

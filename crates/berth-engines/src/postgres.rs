@@ -260,6 +260,28 @@ pub async fn current_wal_file(ctx: &InstanceCtx) -> Result<String> {
     Ok(file)
 }
 
+/// The WAL file of a stopped cluster's last checkpoint (`pg_controldata`): recovering its data
+/// directory needs nothing older.
+pub async fn checkpoint_wal_file(ctx: &InstanceCtx) -> Result<String> {
+    let out = tokio::process::Command::new(ctx.install.bin_dir().join("pg_controldata"))
+        .arg("-D")
+        .arg(ctx.data_dir())
+        .env("LC_ALL", "C")
+        .output()
+        .await
+        .map_err(EngineError::io("running pg_controldata"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Latest checkpoint's REDO WAL file:"))
+        .map(|f| f.trim().to_owned())
+        .ok_or_else(|| {
+            EngineError::Command(format!(
+                "pg_controldata named no checkpoint: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        })
+}
+
 /// `pg_basebackup` writing a tar of the whole instance, with the WAL it needs to be consistent
 /// (`-X fetch`), to stdout; as the instances' user, over the instance's own socket.
 pub fn base_backup_command(ctx: &InstanceCtx, run_as: Option<RunAs>) -> std::process::Command {

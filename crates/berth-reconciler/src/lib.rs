@@ -416,7 +416,13 @@ impl Reconciler {
                     plan.events.extend(effect);
                     self.record(&svc, current.as_ref(), &plan).await?;
                     if matches!(plan.action, Action::None | Action::Purge) {
-                        if plan.status.state == berth_types::ServiceState::Synchronized {
+                        // A paused service is backed up too (its data directory, as it was
+                        // left), so schedules and the final backup of a delete go on.
+                        if matches!(
+                            plan.status.state,
+                            berth_types::ServiceState::Synchronized
+                                | berth_types::ServiceState::Paused
+                        ) {
                             self.backups_step(entry, &svc).await?;
                         }
                         return Ok(());
@@ -453,9 +459,23 @@ impl Reconciler {
             // The first backup is taken as soon as the service runs: with backups on, there
             // is always one to restore.
             let last = list.iter().map(|b| b.scheduled_at).max();
-            if last.is_none_or(|last| now() - last >= time::Duration::hours(hours.into())) {
+            let due = plan::backup_due(last, time::Duration::hours(hours.into()), now());
+            if due != plan::BackupDue::No {
                 let b = BackupEntry::scheduled(now());
                 self.store.backup_insert(svc.id, &b).await?;
+                if let plan::BackupDue::Missed { due } = due {
+                    let ev = Event::new(
+                        svc.id,
+                        "berth.backup.missed",
+                        Severity::Warn,
+                        format!(
+                            "the backup due at {due} was missed (Berth was down, or the service was paused or not running); backup {} is taken now",
+                            b.id
+                        ),
+                        now(),
+                    );
+                    self.store.status_record(svc.id, None, &[ev]).await?;
+                }
                 list.push(b);
             }
         }

@@ -200,6 +200,38 @@ pub fn final_backup_backoff(failed: usize) -> time::Duration {
     time::Duration::seconds(secs as i64)
 }
 
+/// Whether a scheduled backup is due: never taken (the first is taken at once), due, or due
+/// long ago (Berth was down, the service was paused or not running): a missed schedule, which
+/// is reported with the time it was due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupDue {
+    No,
+    First,
+    Now,
+    Missed { due: OffsetDateTime },
+}
+
+/// How late a scheduled backup may start before it counts as missed.
+pub const MISSED_AFTER: time::Duration = time::Duration::minutes(5);
+
+pub fn backup_due(
+    last: Option<OffsetDateTime>,
+    interval: time::Duration,
+    now: OffsetDateTime,
+) -> BackupDue {
+    let Some(last) = last else {
+        return BackupDue::First;
+    };
+    let due = last + interval;
+    if now < due {
+        BackupDue::No
+    } else if now - due > MISSED_AFTER {
+        BackupDue::Missed { due }
+    } else {
+        BackupDue::Now
+    }
+}
+
 /// The backups retention removes: those scheduled more than `keep_for` before `now` that are
 /// over (confirmed or failed), except the newest confirmed one, which is always kept so that a
 /// service with backups on can always be restored.
@@ -637,6 +669,22 @@ mod tests {
             confirmed_at: confirmed.then(|| at(scheduled + 1)),
             error: error.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn a_schedule_passed_by_more_than_a_few_minutes_is_a_missed_one() {
+        let hour = time::Duration::hours(1);
+        assert_eq!(backup_due(None, hour, at(0)), BackupDue::First);
+        assert_eq!(backup_due(Some(at(0)), hour, at(3599)), BackupDue::No);
+        assert_eq!(backup_due(Some(at(0)), hour, at(3600)), BackupDue::Now);
+        assert_eq!(
+            backup_due(Some(at(0)), hour, at(3600 + 300)),
+            BackupDue::Now
+        );
+        assert_eq!(
+            backup_due(Some(at(0)), hour, at(3 * 3600)),
+            BackupDue::Missed { due: at(3600) }
+        );
     }
 
     #[test]

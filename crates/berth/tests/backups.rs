@@ -445,3 +445,83 @@ async fn postgres_recovers_to_a_point_in_time_from_the_archived_wal() {
     s.wait_gone(&id, READY).await;
     assert_eq!(b.list(&everything).await.unwrap(), vec![]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_services_are_backed_up_as_they_were_left_and_restore() {
+    let s = TestServer::start().await;
+    let (config, secrets) = store(&s, "paused").await;
+    let backups = json!({"enabled": true, "config": config, "secrets": secrets});
+
+    let mut body = pg_body("archive", "15");
+    body["backups"] = backups.clone();
+    let pg_id = s.create(body).await["id"].as_str().unwrap().to_owned();
+    let mut body = redis_body("sessions", "7");
+    body["backups"] = backups;
+    let created = s.create(body).await;
+    let redis_id = created["id"].as_str().unwrap().to_owned();
+    let redis_pw = created["generatedSecrets"]["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.wait_state(&pg_id, "synchronized", READY).await;
+    let svc = s.wait_state(&redis_id, "synchronized", READY).await;
+    let url = s.env(&pg_id).await["DATABASE_URL"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut c = pg(&url).await;
+    for sql in [
+        "CREATE TABLE t (id int primary key)",
+        "INSERT INTO t SELECT generate_series(1, 30)",
+    ] {
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    }
+    drop(c);
+    let port = svc["status"]["details"]["port"].as_u64().unwrap() as u16;
+    assert_eq!(
+        redis_cmd(port, &redis_pw, &["SET", "user:1", "ada"]).await,
+        "+OK"
+    );
+
+    let mut taken = Vec::new();
+    for id in [&pg_id, &redis_id] {
+        let (code, v) = s
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/api/managed-services/{id}"),
+                Some(json!({"pause": true})),
+            )
+            .await;
+        assert!(code < 300, "{v}");
+        s.wait_state(id, "paused", READY).await;
+        let b = backup_now(&s, id).await;
+        assert!(b["confirmedAt"].is_string(), "{b}");
+        taken.push(b["id"].as_str().unwrap().to_owned());
+        // Still paused: the backup did not start it.
+        let (_, v) = s.get(&format!("/api/managed-services/{id}")).await;
+        assert_eq!(v["status"]["state"], "paused", "{v}");
+        assert_eq!(v["status"]["details"]["running"], false, "{v}");
+    }
+
+    let mut body = pg_body("archive-copy", "15");
+    body["recoverFrom"] = json!({"id": taken[0]});
+    let rid = s.create(body).await["id"].as_str().unwrap().to_owned();
+    s.wait_state(&rid, "synchronized", READY).await;
+    let rurl = s.env(&rid).await["DATABASE_URL"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(ids_in(&rurl).await, (1..=30).collect::<Vec<_>>());
+
+    let mut body = redis_body("sessions-copy", "7");
+    body["recoverFrom"] = json!({"id": taken[1]});
+    let restored = s.create(body).await;
+    let rid = restored["id"].as_str().unwrap().to_owned();
+    let rpw = restored["generatedSecrets"]["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let svc = s.wait_state(&rid, "synchronized", READY).await;
+    let rport = svc["status"]["details"]["port"].as_u64().unwrap() as u16;
+    assert_eq!(redis_cmd(rport, &rpw, &["GET", "user:1"]).await, "ada");
+}
