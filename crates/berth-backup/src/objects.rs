@@ -25,7 +25,11 @@ const UNSIGNED: &str = "UNSIGNED-PAYLOAD";
 pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
+    /// The MD5 (hex) of a single upload; of a multipart one, S3's multipart ETag
+    /// ([`multipart_etag`]) over parts of `part_size`.
     pub md5: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_size: Option<u64>,
 }
 
 /// Where a service's backups go: the contract's backup `config` (`endpointUrl`,
@@ -257,6 +261,7 @@ impl Bucket {
             key: key.to_owned(),
             size,
             md5,
+            part_size: None,
         };
         self.verify(&info).await?;
         Ok(info)
@@ -276,9 +281,7 @@ impl Bucket {
                 info.key, info.size
             )));
         }
-        // A multipart object's ETag is not an MD5 of the whole (`...-N`); its parts were
-        // checked one by one instead.
-        if !etag.contains('-') && etag != info.md5 {
+        if etag != info.md5 {
             return Err(BackupError::Verify(format!(
                 "{}: the store's checksum {etag} differs from the upload's {}",
                 info.key, info.md5
@@ -422,73 +425,103 @@ impl Bucket {
             bucket: self.clone(),
             key: key.to_owned(),
             upload_id,
-            parts: Vec::new(),
-            whole: Md5::new(),
+            in_flight: Default::default(),
+            done: Vec::new(),
             size: 0,
+            part_size: 0,
         })
     }
 }
 
-/// A multipart upload under way: parts are sent in order and checked one by one.
+/// A multipart upload under way: parts go up two at a time (each hashed and checked on its own),
+/// so hashing one overlaps with sending the other.
 pub struct Upload {
     bucket: Bucket,
     key: String,
     upload_id: String,
-    parts: Vec<String>,
-    whole: Md5,
+    /// Parts sent or being sent, in order; each answers its MD5 once the store has it.
+    in_flight: std::collections::VecDeque<tokio::task::JoinHandle<Result<[u8; 16]>>>,
+    done: Vec<[u8; 16]>,
     size: u64,
+    part_size: u64,
+}
+
+/// Parts in flight at once.
+const IN_FLIGHT: usize = 2;
+
+/// The ETag S3 gives a multipart object: the MD5 of its parts' MD5s, then `-` and their count.
+/// What Berth records as the checksum of such an object (with the part size, to recompute it).
+pub fn multipart_etag(parts: &[[u8; 16]]) -> String {
+    let mut all = Vec::with_capacity(parts.len() * 16);
+    for p in parts {
+        all.extend_from_slice(p);
+    }
+    format!("{}-{}", hex(&Md5::digest(&all)), parts.len())
 }
 
 impl Upload {
-    /// Sends the next part (every part but the last must be at least 5 MiB).
+    /// Queues the next part (every part but the last must be at least 5 MiB, all but the last
+    /// of the same size); waits while [`IN_FLIGHT`] are under way.
     pub async fn part(&mut self, body: Vec<u8>) -> Result<()> {
-        self.size += body.len() as u64;
-        let number = (self.parts.len() + 1).to_string();
-        // Hashing 32 MiB takes tens of milliseconds: off the runtime's workers.
-        let mut whole = std::mem::take(&mut self.whole);
-        let (whole, digest, body) = tokio::task::spawn_blocking(move || {
-            whole.update(&body);
-            let digest = Md5::digest(&body);
-            (whole, digest, body)
-        })
-        .await
-        .map_err(|e| BackupError::Engine(format!("hashing a part: {e}")))?;
-        self.whole = whole;
-        let md5 = hex(&digest);
-        let req = self
-            .bucket
-            .request(
-                reqwest::Method::PUT,
-                &self.key,
-                &[("partNumber", &number), ("uploadId", &self.upload_id)],
-            )
-            .header(
-                "content-md5",
-                base64::engine::general_purpose::STANDARD.encode(digest),
-            )
-            .body(body);
-        let resp = self
-            .bucket
-            .send(req, &format!("uploading part {number} of {}", self.key))
-            .await?;
-        let etag = etag_of(&resp);
-        if etag != md5 {
-            return Err(BackupError::Verify(format!(
-                "part {number} of {}: the store's checksum {etag:?} differs from the upload's {md5}",
-                self.key
-            )));
+        if self.in_flight.len() >= IN_FLIGHT {
+            let oldest = self.in_flight.pop_front().expect("a part in flight");
+            self.done.push(joined(oldest).await?);
         }
-        self.parts.push(etag);
+        if self.size == 0 {
+            self.part_size = body.len() as u64;
+        }
+        self.size += body.len() as u64;
+        let number = (self.done.len() + self.in_flight.len() + 1).to_string();
+        let (bucket, key, upload_id) = (
+            self.bucket.clone(),
+            self.key.clone(),
+            self.upload_id.clone(),
+        );
+        self.in_flight.push_back(tokio::spawn(async move {
+            // Hashing 32 MiB takes tens of milliseconds: off the runtime's workers.
+            let (digest, body) = tokio::task::spawn_blocking(move || {
+                let digest: [u8; 16] = Md5::digest(&body).into();
+                (digest, body)
+            })
+            .await
+            .map_err(|e| BackupError::Engine(format!("hashing a part: {e}")))?;
+            let md5 = hex(&digest);
+            let req = bucket
+                .request(
+                    reqwest::Method::PUT,
+                    &key,
+                    &[("partNumber", &number), ("uploadId", &upload_id)],
+                )
+                .header(
+                    "content-md5",
+                    base64::engine::general_purpose::STANDARD.encode(digest),
+                )
+                .body(body);
+            let resp = bucket
+                .send(req, &format!("uploading part {number} of {key}"))
+                .await?;
+            let etag = etag_of(&resp);
+            if etag != md5 {
+                return Err(BackupError::Verify(format!(
+                    "part {number} of {key}: the store's checksum {etag:?} differs from the upload's {md5}"
+                )));
+            }
+            Ok(digest)
+        }));
         Ok(())
     }
 
-    /// Completes the upload and reads the object's size back.
-    pub async fn finish(self) -> Result<ObjectInfo> {
+    /// Waits for the parts, completes the upload and reads the object's size and ETag back.
+    pub async fn finish(mut self) -> Result<ObjectInfo> {
+        while let Some(part) = self.in_flight.pop_front() {
+            self.done.push(joined(part).await?);
+        }
         let mut xml = String::from("<CompleteMultipartUpload>");
-        for (i, etag) in self.parts.iter().enumerate() {
+        for (i, digest) in self.done.iter().enumerate() {
             xml.push_str(&format!(
-                "<Part><PartNumber>{}</PartNumber><ETag>\"{etag}\"</ETag></Part>",
-                i + 1
+                "<Part><PartNumber>{}</PartNumber><ETag>\"{}\"</ETag></Part>",
+                i + 1,
+                hex(digest)
             ));
         }
         xml.push_str("</CompleteMultipartUpload>");
@@ -517,14 +550,18 @@ impl Upload {
         let info = ObjectInfo {
             key: self.key.clone(),
             size: self.size,
-            md5: hex(&self.whole.finalize()),
+            md5: multipart_etag(&self.done),
+            part_size: Some(self.part_size),
         };
         self.bucket.verify(&info).await?;
         Ok(info)
     }
 
     /// Gives up: the parts sent so far are dropped by the store.
-    pub async fn abort(self) {
+    pub async fn abort(mut self) {
+        while let Some(part) = self.in_flight.pop_front() {
+            part.abort();
+        }
         let _ = self
             .bucket
             .send(
@@ -537,6 +574,11 @@ impl Upload {
             )
             .await;
     }
+}
+
+async fn joined(part: tokio::task::JoinHandle<Result<[u8; 16]>>) -> Result<[u8; 16]> {
+    part.await
+        .map_err(|e| BackupError::Engine(format!("uploading a part: {e}")))?
 }
 
 #[cfg(test)]

@@ -176,8 +176,9 @@ async fn point_in_time(
     Ok(settings)
 }
 
-/// Streams an object into `out`, checking its size and MD5 against the manifest's.
-async fn download<W: AsyncWrite + Unpin>(
+/// Streams an object into `out`, checking its size and checksum against the manifest's (for a
+/// multipart object, part by part as S3 computes its ETag).
+pub async fn download<W: AsyncWrite + Unpin>(
     bucket: &Bucket,
     object: &ObjectInfo,
     mut out: W,
@@ -185,14 +186,25 @@ async fn download<W: AsyncWrite + Unpin>(
     let mut resp = bucket.open(&object.key).await?.ok_or_else(|| {
         BackupError::NotFound(format!("{} is missing from the store", object.key))
     })?;
-    let mut md5 = Md5::new();
+    let part_size = object.part_size.unwrap_or(u64::MAX);
+    let (mut md5, mut in_part, mut parts) = (Md5::new(), 0u64, Vec::<[u8; 16]>::new());
     let mut size = 0u64;
     while let Some(chunk) = resp
         .chunk()
         .await
         .map_err(|e| BackupError::Store(format!("downloading {}: {e}", object.key)))?
     {
-        md5.update(&chunk);
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            let take = rest.len().min((part_size - in_part) as usize);
+            md5.update(&rest[..take]);
+            in_part += take as u64;
+            rest = &rest[take..];
+            if in_part == part_size {
+                parts.push(std::mem::take(&mut md5).finalize().into());
+                in_part = 0;
+            }
+        }
         size += chunk.len() as u64;
         out.write_all(&chunk)
             .await
@@ -201,7 +213,14 @@ async fn download<W: AsyncWrite + Unpin>(
     out.shutdown()
         .await
         .map_err(|e| BackupError::Engine(format!("writing {}: {e}", object.key)))?;
-    let got = hex(&md5.finalize());
+    let got = if object.part_size.is_some() {
+        if in_part > 0 {
+            parts.push(md5.finalize().into());
+        }
+        crate::objects::multipart_etag(&parts)
+    } else {
+        hex(&md5.finalize())
+    };
     if size != object.size || got != object.md5 {
         return Err(BackupError::Verify(format!(
             "{}: downloaded {size} bytes with checksum {got}, the backup says {} bytes, {}",

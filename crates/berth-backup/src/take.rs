@@ -148,16 +148,17 @@ async fn streamed(
         .await
         .map_err(|e| BackupError::Engine(format!("waiting for {what}: {e}")))?;
     let errors = errors.await.unwrap_or_default();
+    // An upload that failed first stops reading, which ends the command with SIGPIPE: the
+    // upload's error is the reason then.
+    let info = uploaded?;
     if !status.success() {
-        if let Ok(info) = &uploaded {
-            let _ = bucket.delete(&info.key).await;
-        }
+        let _ = bucket.delete(&info.key).await;
         return Err(BackupError::Engine(format!(
             "{what} failed ({status}): {}",
             errors.trim()
         )));
     }
-    uploaded
+    Ok(info)
 }
 
 /// Reads up to one part (less only at the end of the stream).

@@ -891,3 +891,234 @@ pub async fn scale(args: BenchArgs, count: usize) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Polls the service until `state`, for up to `limit`.
+async fn wait_state_for(c: &Client, id: &str, state: &str, limit: Duration) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let svc = c
+            .get(&format!("/api/managed-services/{id}"))
+            .await
+            .map_err(http_err)?;
+        if svc["status"]["state"] == state {
+            return Ok(());
+        }
+        if t0.elapsed() > limit {
+            bail!("not {state} after {limit:?}: {}", svc["status"]);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// CPU of the bench's services (tenths): both cores, as the baseline has, instead of the Dev
+/// plan's half a core.
+const BENCH_CPU: u64 = 20;
+
+/// `berth bench backup`: a PostgreSQL database of `size_mb` backed up to an `s3` service of
+/// the same Berth (Garage) and restored into a new service, beside `pg_basebackup` of the same
+/// instance to local disk, measured in the same run.
+pub async fn backup(args: BenchArgs, size_mb: u64) -> anyhow::Result<()> {
+    let Setup {
+        pg,
+        tmp,
+        dir,
+        server,
+        ..
+    } = Setup::new(&args).await?;
+    let c = &server.client;
+    let limit = Duration::from_secs(1800);
+    let store = c
+        .call(
+            reqwest::Method::POST,
+            "/api/managed-services",
+            Some(&json!({"teamId": 9, "name": "bench-store", "provider": {"name": "s3"},
+                "plan": {"id": 0, "parameters": {"memory": 4096, "cpu": BENCH_CPU, "storage": size_mb * (args.runs as u64 + 2) * 2 + 1024}}})),
+        )
+        .await
+        .map_err(http_err)?;
+    let store_id = store["id"].as_str().context("no id")?.to_owned();
+    wait_state_for(c, &store_id, "synchronized", limit).await?;
+    let env = c
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/managed-services/{store_id}/env"),
+            None,
+        )
+        .await
+        .map_err(http_err)?;
+    let var = |k: &str| env["variables"][k].as_str().unwrap_or_default().to_owned();
+    let backups = json!({"enabled": true, "config": {
+            "endpointUrl": var("S3_ENDPOINT"),
+            "destinationPath": format!("s3://{}/bench/", var("S3_BUCKET")),
+            "accessKey": var("AWS_ACCESS_KEY_ID"), "region": var("S3_REGION")},
+        "secrets": {"secretKey": var("AWS_SECRET_ACCESS_KEY")}});
+    let config = json!({"version": pg.major, "databaseName": "bench", "userName": "bench"});
+    let created = c
+        .call(
+            reqwest::Method::POST,
+            "/api/managed-services",
+            Some(
+                &json!({"teamId": 9, "name": "bench-db", "provider": {"name": "postgres"},
+                "plan": {"id": 0, "parameters": {"memory": 4096, "cpu": BENCH_CPU, "storage": (size_mb * 3).max(1024)}},
+                "config": config, "backups": backups}),
+            ),
+        )
+        .await
+        .map_err(http_err)?;
+    let id = created["id"].as_str().context("no id")?.to_owned();
+    let password = created["generatedSecrets"]["userPassword"]
+        .as_str()
+        .context("no password")?
+        .to_owned();
+    wait_state_for(c, &id, "synchronized", limit).await?;
+    let svc = c
+        .get(&format!("/api/managed-services/{id}"))
+        .await
+        .map_err(http_err)?;
+    let port = svc["status"]["details"]["port"]
+        .as_u64()
+        .context("no port")?;
+
+    // The data: rows of ~1 kB (stored as they are: no compression on either path) until the
+    // database holds `size_mb`.
+    let url = format!("postgres://bench:{password}@127.0.0.1:{port}/bench");
+    let mut conn = sqlx::PgConnection::connect(&url).await?;
+    sqlx::query("CREATE TABLE big (id bigint, pad text)")
+        .execute(&mut conn)
+        .await?;
+    let mut next = 0i64;
+    let bytes = loop {
+        let size: i64 = sqlx::query_scalar("SELECT pg_database_size('bench')")
+            .fetch_one(&mut conn)
+            .await?;
+        if size as u64 >= size_mb << 20 {
+            break size as u64;
+        }
+        sqlx::query("INSERT INTO big SELECT g, repeat(md5(g::text), 28) FROM generate_series($1::bigint, $1::bigint + 99999) g")
+            .bind(next)
+            .execute(&mut conn)
+            .await?;
+        next += 100_000;
+    };
+    sqlx::query("CHECKPOINT").execute(&mut conn).await.ok();
+    let mb = bytes as f64 / (1 << 20) as f64;
+    println!(
+        "berth bench backup: PostgreSQL {} database of {mb:.0} MiB, {} runs, to an s3 service (Garage) of the same Berth",
+        pg.full_version, args.runs
+    );
+
+    let run_dir = dir.join("instances").join(&id).join("run");
+    let (mut base, mut took, mut restored) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..args.runs {
+        // Baseline: pg_basebackup of the same instance to local disk (tar, WAL fetched), as
+        // Berth runs it, but written to a file.
+        let target = tmp.path().join(format!("baseline-{run}"));
+        std::fs::create_dir_all(&target)?;
+        chown_to_instance_user(&target)?;
+        let t0 = Instant::now();
+        let out = as_instance_user(&pg.bin_dir().join("pg_basebackup"))
+            .arg("-h")
+            .arg(&run_dir)
+            .args(["-p", &port.to_string(), "-U", "postgres", "-D"])
+            .arg(&target)
+            .args(["-F", "tar", "-X", "fetch", "--checkpoint=fast"])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "pg_basebackup: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        base.push(t0.elapsed().as_secs_f64());
+        std::fs::remove_dir_all(&target)?;
+
+        // Berth: a backup asked for through the API, until it is confirmed (uploaded, read
+        // back, manifest written).
+        let t0 = Instant::now();
+        let entry = c
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/managed-services/{id}/backups"),
+                None,
+            )
+            .await
+            .map_err(http_err)?;
+        let backup_id = entry["id"].as_str().context("no backup id")?.to_owned();
+        loop {
+            let svc = c
+                .get(&format!("/api/managed-services/{id}"))
+                .await
+                .map_err(http_err)?;
+            let e = svc["backups"]["entries"]
+                .as_array()
+                .and_then(|a| a.iter().find(|e| e["id"] == backup_id.as_str()).cloned())
+                .unwrap_or_default();
+            if e["confirmedAt"].is_string() {
+                break;
+            }
+            if let Some(err) = e["error"].as_str() {
+                bail!("backup failed: {err}");
+            }
+            if t0.elapsed() > limit {
+                bail!("backup not confirmed after {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        took.push(t0.elapsed().as_secs_f64());
+
+        // Berth: that backup restored into a new service, until it is synchronized (its
+        // health check passed with its own credentials).
+        let t0 = Instant::now();
+        let copy = c
+            .call(
+                reqwest::Method::POST,
+                "/api/managed-services",
+                Some(&json!({"teamId": 9, "name": format!("bench-copy-{run}"),
+                    "provider": {"name": "postgres"},
+                    "plan": {"id": 0, "parameters": {"memory": 4096, "cpu": BENCH_CPU, "storage": (size_mb * 3).max(1024)}},
+                    "recoverFrom": {"id": backup_id}})),
+            )
+            .await
+            .map_err(http_err)?;
+        let copy_id = copy["id"].as_str().context("no id")?.to_owned();
+        wait_state_for(c, &copy_id, "synchronized", limit).await?;
+        restored.push(t0.elapsed().as_secs_f64());
+        delete_all(c, &[copy_id]).await?;
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        percentile(v, 0.5)
+    };
+    let (base, took, restored) = (median(&mut base), median(&mut took), median(&mut restored));
+    println!("{:<52} {:>9} {:>10}", "", "median", "throughput");
+    println!(
+        "{:<52} {:>7.2} s {:>6.0} MiB/s",
+        "baseline: pg_basebackup to local disk",
+        base,
+        mb / base
+    );
+    for (label, t) in [
+        ("berth backup to S3, until confirmed", took),
+        ("berth restore from S3 into a new service", restored),
+    ] {
+        let ratio = t / base;
+        println!(
+            "{label:<52} {t:>7.2} s {:>6.0} MiB/s  {ratio:.2}x baseline, target <= 1.5x: {}",
+            mb / t,
+            if ratio <= 1.5 { "met" } else { "MISSED" }
+        );
+    }
+    if !args.keep {
+        // The database first, without a final backup (its backups go at once), then the store.
+        c.call(
+            reqwest::Method::DELETE,
+            &format!("/api/managed-services/{id}?skipFinalBackup=true"),
+            None,
+        )
+        .await
+        .map_err(http_err)?;
+        delete_all(c, &[id]).await?;
+        delete_all(c, &[store_id]).await?;
+    }
+    Ok(())
+}

@@ -141,6 +141,19 @@ enum BenchCmd {
         #[arg(long)]
         keep: bool,
     },
+    /// A PostgreSQL database backed up to an s3 service and restored, beside pg_basebackup to disk.
+    Backup {
+        /// Size of the database, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mb: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long, env = "BERTH_ENGINES_DIR", default_value = "/opt/berth/engines")]
+        engines_dir: PathBuf,
+        /// Leave the services running at the end.
+        #[arg(long)]
+        keep: bool,
+    },
     /// POST to first query for PostgreSQL and Redis, and the server's memory with 50 services.
     Provision {
         #[arg(long, default_value_t = 20)]
@@ -359,6 +372,23 @@ fn main() {
                     keep,
                 };
                 exit_code(berth::bench::scale(args, count).await)
+            }
+            Cmd::Bench {
+                cmd:
+                    BenchCmd::Backup {
+                        size_mb,
+                        runs,
+                        engines_dir,
+                        keep,
+                    },
+            } => {
+                let args = berth::bench::BenchArgs {
+                    runs,
+                    services_for_memory: 0,
+                    engines_dir,
+                    keep,
+                };
+                exit_code(berth::bench::backup(args, size_mb).await)
             }
             Cmd::Bench {
                 cmd:

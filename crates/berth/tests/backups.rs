@@ -525,3 +525,42 @@ async fn paused_services_are_backed_up_as_they_were_left_and_restore() {
     let rport = svc["status"]["details"]["port"].as_u64().unwrap() as u16;
     assert_eq!(redis_cmd(rport, &rpw, &["GET", "user:1"]).await, "ada");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_objects_go_up_in_checked_parts_and_come_back_checked() {
+    let s = TestServer::start().await;
+    let (config, secrets) = store(&s, "parts").await;
+    let b = bucket(&config, &secrets);
+    // 70 MiB and a bit: three parts, the last one short.
+    let data: Vec<u8> = (0..(70u32 << 20) + 12345)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let key = b.key("big.bin");
+    let info = berth_backup::take::upload_stream(&b, &key, &data[..])
+        .await
+        .unwrap();
+    assert_eq!(info.size, data.len() as u64);
+    assert_eq!(info.part_size, Some(32 << 20));
+    assert!(
+        info.md5.ends_with("-3"),
+        "S3's multipart ETag: {}",
+        info.md5
+    );
+    // The store computed the same checksum from what it stored.
+    assert_eq!(b.head(&key).await.unwrap().unwrap().1, info.md5);
+
+    let mut back = Vec::new();
+    berth_backup::restore::download(&b, &info, &mut back)
+        .await
+        .unwrap();
+    assert!(back == data, "the bytes come back as they went");
+    // A checksum that does not match what the store holds is caught.
+    let wrong = berth_backup::ObjectInfo {
+        md5: format!("{}-3", "0".repeat(32)),
+        ..info
+    };
+    let e = berth_backup::restore::download(&b, &wrong, &mut Vec::new())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("verification failed"), "{e}");
+}
