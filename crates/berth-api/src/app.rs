@@ -821,7 +821,7 @@ impl App {
         let events = self.store.event_list(svc.id, RECENT_EVENTS, None).await?;
         let backups = self.store.backup_list(svc.id).await?;
         let mut view = to_view(svc, status, events.into_iter().map(|(_, e)| e).collect());
-        view.backups.entries = backups;
+        view.set_backups(backups);
         Ok(view)
     }
 

@@ -45,7 +45,7 @@ impl Entry {
             (svc.created_at, svc.id),
         );
         let mut view = to_view(r.service, r.status, Vec::new());
-        view.backups.entries = r.backups;
+        view.set_backups(r.backups);
         Self {
             team,
             deleted,

@@ -177,6 +177,38 @@ pub struct ManagedServiceView {
     pub recent_events: Vec<Event>,
 }
 
+impl ManagedServiceView {
+    /// Lists the service's backups and, when the newest one that ended failed, says so in
+    /// `status.reason` (a running service keeps its state: the failure is the backup's).
+    pub fn set_backups(&mut self, entries: Vec<crate::BackupEntry>) {
+        let failed = entries
+            .iter()
+            .filter(|b| b.confirmed_at.is_some() || b.error.is_some())
+            .max_by_key(|b| b.scheduled_at)
+            .filter(|b| b.confirmed_at.is_none());
+        if let (Some(b), None) = (failed, &self.status.reason) {
+            let last_good = entries
+                .iter()
+                .filter_map(|b| b.confirmed_at)
+                .max()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                });
+            self.status.reason = Some(format!(
+                "backup {} failed: {}; {}",
+                b.id,
+                b.error.as_deref().unwrap_or_default(),
+                match last_good {
+                    Some(t) => format!("the last confirmed backup is from {t}"),
+                    None => "no backup is confirmed yet".into(),
+                }
+            ));
+        }
+        self.backups.entries = entries;
+    }
+}
+
 /// The create response: the resource, plus the secrets Berth generated (shown this once only).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

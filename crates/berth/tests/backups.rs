@@ -234,6 +234,14 @@ async fn a_backup_to_a_store_that_refuses_fails_loudly_and_is_not_confirmed() {
         error.contains("403") || error.contains("Signature"),
         "{error}"
     );
+    // The service says so in its status, and keeps running.
+    let (_, v) = s.get(&format!("/api/managed-services/{id}")).await;
+    assert_eq!(v["status"]["state"], "synchronized", "{v}");
+    let reason = v["status"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("failed") && reason.contains("no backup is confirmed yet"),
+        "{v}"
+    );
     let (_, v) = s
         .get(&format!("/api/managed-services/{id}/events?limit=50"))
         .await;
