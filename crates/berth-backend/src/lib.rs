@@ -105,6 +105,8 @@ pub struct BackupRequest {
     /// The service's own secrets, for backends in this process that need them to take the
     /// backup (a Redis password). Never sent over the wire.
     pub service_secrets: JsonMap,
+    /// The last backup of a deleted service: the instance may be stopped to take it.
+    pub final_backup: bool,
 }
 
 /// The contract's `{exists, error?}`.

@@ -772,6 +772,18 @@ impl ProviderBackend for LocalBackend {
                 "the instance is still being made; the backup waits for it".into(),
             ));
         }
+        // A deleted service's password is destroyed with the delete: a Redis that Berth can no
+        // longer ask for a snapshot (its password was only in memory, lost at a restart) is
+        // stopped, as it is about to be anyway, and backed up as it was left.
+        if self.kind() == EngineKind::Redis && !secrets.contains_key("password") {
+            if !req.final_backup {
+                return Err(BackendError::Failed(
+                    "the service's password is not known here; the backup needs it".into(),
+                ));
+            }
+            let _op = slot.op.lock().await;
+            self.stop(&slot, &self.host.dir(req.ms_id)).await;
+        }
         let ctx = self.ctx(&record)?;
         let (kind, run_as, ms_id) = (self.kind(), self.host.cfg.run_as, req.ms_id);
         // From the first backup on, finished WAL segments go to the store too (PostgreSQL);

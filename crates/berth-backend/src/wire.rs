@@ -224,6 +224,7 @@ impl From<BackupBody> for BackupRequest {
             secrets: b.secrets,
             retention_days: b.retention_days,
             service_secrets: JsonMap::new(),
+            final_backup: false,
         }
     }
 }

@@ -597,6 +597,7 @@ impl Reconciler {
             secrets: secrets.backups,
             retention_days: Some(retention_days(svc)),
             service_secrets: secrets.service,
+            final_backup: svc.deleted_at.is_some(),
         })
     }
 

@@ -572,3 +572,56 @@ async fn large_objects_go_up_in_checked_parts_and_come_back_checked() {
         .unwrap_err();
     assert!(e.to_string().contains("verification failed"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_takes_a_final_backup_even_after_a_restart_and_it_restores() {
+    let mut s = TestServer::spawn().await;
+    let (config, secrets) = store(&s, "final").await;
+    let mut body = redis_body("carts", "8");
+    body["backups"] = json!({"enabled": true, "config": config, "secrets": secrets});
+    let created = s.create(body).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let pw = created["generatedSecrets"]["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let svc = s.wait_state(&id, "synchronized", READY).await;
+    let port = svc["status"]["details"]["port"].as_u64().unwrap() as u16;
+    assert_eq!(
+        redis_cmd(port, &pw, &["SET", "cart:9", "3 apples"]).await,
+        "+OK"
+    );
+
+    // A restart: the instance runs on, its password is only in the (sealed) store; then the
+    // delete destroys it, and the final backup must still be taken and confirmed.
+    s.kill9();
+    s.restart().await;
+    let (code, v) = s
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/managed-services/{id}"),
+            None,
+        )
+        .await;
+    assert!(code < 300, "{v}");
+    let gone = s.wait_state(&id, "deleted", READY).await;
+    let last = gone["backups"]["entries"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert!(last["confirmedAt"].is_string(), "{gone}");
+
+    let mut body = redis_body("carts-again", "8");
+    body["recoverFrom"] = json!({"id": last["id"]});
+    let restored = s.create(body).await;
+    let rid = restored["id"].as_str().unwrap().to_owned();
+    let rpw = restored["generatedSecrets"]["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let svc = s.wait_state(&rid, "synchronized", READY).await;
+    let rport = svc["status"]["details"]["port"].as_u64().unwrap() as u16;
+    assert_eq!(redis_cmd(rport, &rpw, &["GET", "cart:9"]).await, "3 apples");
+}
