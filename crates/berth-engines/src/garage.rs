@@ -265,7 +265,6 @@ impl crate::Engine for Garage {
              data_dir = \"{blocks}\"\n\
              db_engine = \"sqlite\"\n\
              replication_factor = 1\n\
-             compression_level = \"none\"\n\
              rpc_bind_addr = \"127.0.0.1:0\"\n\
              rpc_secret_file = \"{rpc}\"\n\
              [s3_api]\n\

@@ -1008,7 +1008,12 @@ pub async fn backup(args: BenchArgs, size_mb: u64) -> anyhow::Result<()> {
     );
 
     let run_dir = dir.join("instances").join(&id).join("run");
-    let (mut base, mut took, mut restored) = (Vec::new(), Vec::new(), Vec::new());
+    let bucket = berth_backup::Bucket::from_settings(
+        backups["config"].as_object().context("backup config")?,
+        backups["secrets"].as_object().context("backup secrets")?,
+    )?;
+    let (mut base, mut raw, mut took, mut restored) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..args.runs {
         // Baseline: pg_basebackup of the same instance to local disk (tar, WAL fetched), as
         // Berth runs it, but written to a file.
@@ -1030,6 +1035,15 @@ pub async fn backup(args: BenchArgs, size_mb: u64) -> anyhow::Result<()> {
             );
         }
         base.push(t0.elapsed().as_secs_f64());
+
+        // The store's own ceiling: the same bytes, read from that file, sent to the same bucket
+        // with the same client (parts, checks), without PostgreSQL or the API in the way.
+        let t0 = Instant::now();
+        let file = tokio::fs::File::open(target.join("base.tar")).await?;
+        berth_backup::take::upload_stream(&bucket, &bucket.key(&format!("raw-{run}")), file)
+            .await?;
+        raw.push(t0.elapsed().as_secs_f64());
+        bucket.delete(&bucket.key(&format!("raw-{run}"))).await?;
         std::fs::remove_dir_all(&target)?;
 
         // Berth: a backup asked for through the API, until it is confirmed (uploaded, read
@@ -1089,13 +1103,25 @@ pub async fn backup(args: BenchArgs, size_mb: u64) -> anyhow::Result<()> {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         percentile(v, 0.5)
     };
-    let (base, took, restored) = (median(&mut base), median(&mut took), median(&mut restored));
+    let (base, raw, took, restored) = (
+        median(&mut base),
+        median(&mut raw),
+        median(&mut took),
+        median(&mut restored),
+    );
     println!("{:<52} {:>9} {:>10}", "", "median", "throughput");
     println!(
         "{:<52} {:>7.2} s {:>6.0} MiB/s",
         "baseline: pg_basebackup to local disk",
         base,
         mb / base
+    );
+    println!(
+        "{:<52} {:>7.2} s {:>6.0} MiB/s  {:.2}x baseline",
+        "  the store's ceiling: that tar PUT from disk",
+        raw,
+        mb / raw,
+        raw / base
     );
     for (label, t) in [
         ("berth backup to S3, until confirmed", took),

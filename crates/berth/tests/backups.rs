@@ -254,6 +254,21 @@ async fn a_backup_to_a_store_that_refuses_fails_loudly_and_is_not_confirmed() {
     assert!(!failed.is_empty(), "{v}");
     assert_eq!(failed[0]["severityNumber"], 17, "{:?}", failed[0]);
 
+    // A store that cannot be reached: the same, with that reason.
+    let mut unreachable = config.clone();
+    unreachable["endpointUrl"] = json!("http://127.0.0.1:1");
+    let mut body = redis_body("cache-3", "8");
+    body["backups"] = json!({"enabled": true, "config": unreachable,
+                             "secrets": {"secretKey": "whatever"}});
+    let id3 = s.create(body).await["id"].as_str().unwrap().to_owned();
+    s.wait_state(&id3, "synchronized", READY).await;
+    let entry = backup_now(&s, &id3).await;
+    assert!(entry["confirmedAt"].is_null(), "{entry}");
+    assert!(
+        entry["error"].as_str().unwrap().contains("unreachable"),
+        "{entry}"
+    );
+
     // Settings that cannot work are refused at the edge, with the field.
     let mut body = redis_body("cache-2", "8");
     body["backups"] = json!({"enabled": true, "config": {"endpointUrl": "ftp://x", "destinationPath": "bucket"},
