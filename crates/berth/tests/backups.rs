@@ -73,6 +73,30 @@ async fn wait_backup(s: &TestServer, id: &str, backup: &str) -> Value {
     }
 }
 
+/// A Redis service made from `body`, once it runs: its id, port and generated password.
+async fn running_redis(s: &TestServer, body: Value) -> (String, u16, String) {
+    let created = s.create(body).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let password = created["generatedSecrets"]["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let svc = s.wait_state(&id, "synchronized", READY).await;
+    let port = svc["status"]["details"]["port"].as_u64().unwrap() as u16;
+    (id, port, password)
+}
+
+/// A PostgreSQL service made from `body`, once it runs: its id and `DATABASE_URL`.
+async fn running_pg(s: &TestServer, body: Value) -> (String, String) {
+    let id = s.create(body).await["id"].as_str().unwrap().to_owned();
+    s.wait_state(&id, "synchronized", READY).await;
+    let url = s.env(&id).await["DATABASE_URL"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (id, url)
+}
+
 async fn pg(url: &str) -> sqlx::PgConnection {
     sqlx::PgConnection::connect(url).await.unwrap()
 }
@@ -97,13 +121,7 @@ async fn postgres_and_redis_backups_restore_into_new_services() {
     // PostgreSQL: rows, a backup, more rows.
     let mut body = pg_body("orders", "17");
     body["backups"] = backups.clone();
-    let created = s.create(body).await;
-    let pg_id = created["id"].as_str().unwrap().to_owned();
-    s.wait_state(&pg_id, "synchronized", READY).await;
-    let url = s.env(&pg_id).await["DATABASE_URL"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (pg_id, url) = running_pg(&s, body).await;
     let mut c = pg(&url).await;
     sqlx::query("CREATE TABLE t (id int primary key)")
         .execute(&mut c)
@@ -139,14 +157,7 @@ async fn postgres_and_redis_backups_restore_into_new_services() {
     // Redis: keys, a backup.
     let mut body = redis_body("cache", "8");
     body["backups"] = backups.clone();
-    let created = s.create(body).await;
-    let redis_id = created["id"].as_str().unwrap().to_owned();
-    let redis_pw = created["generatedSecrets"]["password"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let svc = s.wait_state(&redis_id, "synchronized", READY).await;
-    let port = svc["status"]["details"]["port"].as_u64().unwrap() as u16;
+    let (redis_id, port, redis_pw) = running_redis(&s, body).await;
     for i in 0..50 {
         assert_eq!(
             redis_cmd(
@@ -164,13 +175,7 @@ async fn postgres_and_redis_backups_restore_into_new_services() {
     // Restores: new services with the data of that moment; the sources are untouched.
     let mut body = pg_body("orders-restored", "17");
     body["recoverFrom"] = json!({"id": taken["id"]});
-    let restored = s.create(body).await;
-    let restored_id = restored["id"].as_str().unwrap().to_owned();
-    s.wait_state(&restored_id, "synchronized", READY).await;
-    let restored_url = s.env(&restored_id).await["DATABASE_URL"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (_, restored_url) = running_pg(&s, body).await;
     assert_ne!(
         restored_url, url,
         "a new service, with its own port and password"
@@ -185,14 +190,7 @@ async fn postgres_and_redis_backups_restore_into_new_services() {
 
     let mut body = redis_body("cache-restored", "8");
     body["recoverFrom"] = json!({"id": redis_backup["id"]});
-    let restored = s.create(body).await;
-    let rid = restored["id"].as_str().unwrap().to_owned();
-    let rpw = restored["generatedSecrets"]["password"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let svc = s.wait_state(&rid, "synchronized", READY).await;
-    let rport = svc["status"]["details"]["port"].as_u64().unwrap() as u16;
+    let (_, rport, rpw) = running_redis(&s, body).await;
     assert_eq!(redis_cmd(rport, &rpw, &["DBSIZE"]).await, ":50");
     assert_eq!(redis_cmd(rport, &rpw, &["GET", "k7"]).await, "v7");
     // The old password does not open the copy.
@@ -433,13 +431,7 @@ async fn postgres_recovers_to_a_point_in_time_from_the_archived_wal() {
     // To the moment: exactly the rows of then; the source goes on with its own.
     let mut body = pg_body("ledger-then", "16");
     body["recoverFrom"] = json!({"msId": id, "time": moment.format(&rfc).unwrap()});
-    let restored = s.create(body).await;
-    let rid = restored["id"].as_str().unwrap().to_owned();
-    s.wait_state(&rid, "synchronized", READY).await;
-    let rurl = s.env(&rid).await["DATABASE_URL"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (_, rurl) = running_pg(&s, body).await;
     assert_eq!(ids_in(&rurl).await, (1..=100).collect::<Vec<_>>());
     let mut now: Vec<i32> = (1..=50).collect();
     now.push(500);
@@ -528,24 +520,12 @@ async fn paused_services_are_backed_up_as_they_were_left_and_restore() {
 
     let mut body = pg_body("archive-copy", "15");
     body["recoverFrom"] = json!({"id": taken[0]});
-    let rid = s.create(body).await["id"].as_str().unwrap().to_owned();
-    s.wait_state(&rid, "synchronized", READY).await;
-    let rurl = s.env(&rid).await["DATABASE_URL"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (_, rurl) = running_pg(&s, body).await;
     assert_eq!(ids_in(&rurl).await, (1..=30).collect::<Vec<_>>());
 
     let mut body = redis_body("sessions-copy", "7");
     body["recoverFrom"] = json!({"id": taken[1]});
-    let restored = s.create(body).await;
-    let rid = restored["id"].as_str().unwrap().to_owned();
-    let rpw = restored["generatedSecrets"]["password"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let svc = s.wait_state(&rid, "synchronized", READY).await;
-    let rport = svc["status"]["details"]["port"].as_u64().unwrap() as u16;
+    let (_, rport, rpw) = running_redis(&s, body).await;
     assert_eq!(redis_cmd(rport, &rpw, &["GET", "user:1"]).await, "ada");
 }
 
@@ -594,14 +574,7 @@ async fn a_delete_takes_a_final_backup_even_after_a_restart_and_it_restores() {
     let (config, secrets) = store(&s, "final").await;
     let mut body = redis_body("carts", "8");
     body["backups"] = json!({"enabled": true, "config": config, "secrets": secrets});
-    let created = s.create(body).await;
-    let id = created["id"].as_str().unwrap().to_owned();
-    let pw = created["generatedSecrets"]["password"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let svc = s.wait_state(&id, "synchronized", READY).await;
-    let port = svc["status"]["details"]["port"].as_u64().unwrap() as u16;
+    let (id, port, pw) = running_redis(&s, body).await;
     assert_eq!(
         redis_cmd(port, &pw, &["SET", "cart:9", "3 apples"]).await,
         "+OK"
@@ -630,13 +603,6 @@ async fn a_delete_takes_a_final_backup_even_after_a_restart_and_it_restores() {
 
     let mut body = redis_body("carts-again", "8");
     body["recoverFrom"] = json!({"id": last["id"]});
-    let restored = s.create(body).await;
-    let rid = restored["id"].as_str().unwrap().to_owned();
-    let rpw = restored["generatedSecrets"]["password"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let svc = s.wait_state(&rid, "synchronized", READY).await;
-    let rport = svc["status"]["details"]["port"].as_u64().unwrap() as u16;
+    let (_, rport, rpw) = running_redis(&s, body).await;
     assert_eq!(redis_cmd(rport, &rpw, &["GET", "cart:9"]).await, "3 apples");
 }
