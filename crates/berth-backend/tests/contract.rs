@@ -9,27 +9,12 @@ use std::time::{Duration, Instant};
 use berth_backend::local::{HostConfig, LocalBackend, LocalHost};
 use berth_backend::rest::{RestBackend, RestConfig};
 use berth_backend::{BackendError, InstancePatch, InstanceSpec, ProviderBackend};
-use berth_engines::{Engine, RunAs};
+use berth_engines::Engine;
 use serde_json::json;
 use uuid::Uuid;
 
-fn run_as() -> Option<RunAs> {
-    if unsafe { libc::geteuid() } != 0 {
-        return None;
-    }
-    let name = std::ffi::CString::new("berth").unwrap();
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    assert!(
-        !pw.is_null(),
-        "run scripts/setup.sh: the user 'berth' is missing"
-    );
-    Some(unsafe {
-        RunAs {
-            uid: (*pw).pw_uid,
-            gid: (*pw).pw_gid,
-        }
-    })
-}
+mod common;
+use common::run_as;
 
 struct Fixture {
     dir: tempfile::TempDir,

@@ -59,23 +59,8 @@ impl Engine for RedisWithArg {
     }
 }
 
-fn run_as() -> Option<RunAs> {
-    if unsafe { libc::geteuid() } != 0 {
-        return None;
-    }
-    let name = std::ffi::CString::new("berth").unwrap();
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    assert!(
-        !pw.is_null(),
-        "run scripts/setup.sh: the user 'berth' is missing"
-    );
-    Some(unsafe {
-        RunAs {
-            uid: (*pw).pw_uid,
-            gid: (*pw).pw_gid,
-        }
-    })
-}
+mod common;
+use common::run_as;
 
 async fn redis(port: u16, args: &[&str]) -> String {
     let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
