@@ -1067,6 +1067,9 @@ fn backups_checked(
             }
         }
     }
+    // In a PATCH, what `backups` leaves out stays as it was (turning backups off keeps where
+    // they went: the backups taken are still removed from there in the end).
+    let was = current.cloned().unwrap_or_default();
     BackupSettings {
         enabled: b.enabled,
         delete_retention_days: range(
@@ -1075,10 +1078,12 @@ fn backups_checked(
             1,
             365,
             errors,
-        ),
-        interval_h: range(b.interval_h, "backups.intervalH", 1, 730, errors),
-        retention_days: range(b.retention_days, "backups.retentionDays", 1, 365, errors),
-        config: b.config.clone().map(Value::Object),
+        )
+        .or(was.delete_retention_days),
+        interval_h: range(b.interval_h, "backups.intervalH", 1, 730, errors).or(was.interval_h),
+        retention_days: range(b.retention_days, "backups.retentionDays", 1, 365, errors)
+            .or(was.retention_days),
+        config: b.config.clone().map(Value::Object).or(was.config),
     }
 }
 

@@ -120,6 +120,17 @@ impl Archive {
         self.entries.lock().unwrap().remove(&id);
     }
 
+    /// Backups are off: no more archiving, the store's settings and the spool go (so
+    /// `archive_command` drops segments again). Nothing to do when nothing was archived.
+    pub fn stop(&self, id: Uuid) {
+        let Some(e) = self.entries.lock().unwrap().remove(&id) else {
+            return;
+        };
+        let _ = std::fs::remove_file(e.dir.join(TARGET_FILE));
+        let _ = std::fs::remove_file(e.dir.join(ARCHIVED_FILE));
+        let _ = std::fs::remove_dir_all(e.dir.join("wal-spool"));
+    }
+
     /// `walArchivedUntil` (every change up to then is in the store) and `walArchiveError`,
     /// for the instance's status details.
     pub fn details(&self, id: Uuid) -> JsonMap {

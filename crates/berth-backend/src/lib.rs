@@ -180,6 +180,12 @@ pub trait ProviderBackend: Send + Sync + 'static {
             "this backend takes no backups".into(),
         ))
     }
+    /// Backups were turned off for the instance: stop what runs on its own between backups
+    /// (the local backend's WAL archiving). Called on every pass while they are off, so it
+    /// must be cheap when there is nothing to stop.
+    async fn backups_off(&self, _id: Uuid) -> Result<()> {
+        Ok(())
+    }
     /// Whether every instance this backend lists belongs to this Berth, so one that no service
     /// owns is an orphan to remove. False for a REST backend, which other platforms may share.
     fn sweeps_orphans(&self) -> bool {

@@ -845,6 +845,11 @@ impl ProviderBackend for LocalBackend {
         Ok(())
     }
 
+    async fn backups_off(&self, id: Uuid) -> Result<()> {
+        self.host.archive.stop(id);
+        Ok(())
+    }
+
     async fn backup_status(&self, backup: Uuid, req: &BackupRequest) -> Result<BackupState> {
         let job = self.host.jobs.lock().unwrap().get(&backup).cloned();
         let state = |exists, error| BackupState { exists, error };

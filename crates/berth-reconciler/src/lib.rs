@@ -451,7 +451,13 @@ impl Reconciler {
         svc: &Service,
     ) -> Result<(), ReconcileError> {
         let settings = &svc.spec.backups;
-        if !entry.def.capabilities.backups || !settings.enabled || svc.deleted_at.is_some() {
+        if !entry.def.capabilities.backups || svc.deleted_at.is_some() {
+            return Ok(());
+        }
+        if !settings.enabled {
+            if let Err(e) = self.call(entry.backend.backups_off(svc.id)).await {
+                tracing::warn!(service = %svc.id, error = %e, "turning backups off");
+            }
             return Ok(());
         }
         let mut list = self.store.backup_list(svc.id).await?;

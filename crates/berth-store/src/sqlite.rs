@@ -421,22 +421,17 @@ impl Store for SqliteStore {
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
-        // The credentials are destroyed with the delete: nothing can reveal them again. Only what
-        // the final backup and the removal of the backups need is kept, until the purge (also
-        // when the final backup is skipped: the backups taken before are removed at the purge).
-        let kept = if svc.spec.backups.enabled || skip {
-            let sealed: Vec<u8> =
-                sqlx::query_scalar("SELECT sealed FROM service_secrets WHERE service_id = ?")
-                    .bind(id.to_string())
-                    .fetch_one(&mut *tx)
-                    .await?;
-            let old = self.unseal(id, &sealed)?;
-            Secrets {
-                backups: old.backups,
-                ..Secrets::default()
-            }
-        } else {
-            Secrets::default()
+        // The credentials are destroyed with the delete: nothing can reveal them again. Only the
+        // backup store's secret is kept, until the purge: the final backup needs it, and so does
+        // the removal of every backup taken before (backups on, skipped, or turned off earlier).
+        let sealed: Vec<u8> =
+            sqlx::query_scalar("SELECT sealed FROM service_secrets WHERE service_id = ?")
+                .bind(id.to_string())
+                .fetch_one(&mut *tx)
+                .await?;
+        let kept = Secrets {
+            backups: self.unseal(id, &sealed)?.backups,
+            ..Secrets::default()
         };
         sqlx::query("UPDATE service_secrets SET sealed = ? WHERE service_id = ?")
             .bind(self.seal(id, &kept))

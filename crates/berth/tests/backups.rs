@@ -441,7 +441,25 @@ async fn postgres_recovers_to_a_point_in_time_from_the_archived_wal() {
         .await
         .unwrap();
 
-    // Purged, the source takes its backups and its archived WAL along.
+    // Backups turned off: archiving stops (the spool goes, so segments are no longer kept).
+    let spool = s.instance_dir(&id).join("wal-spool");
+    assert!(spool.is_dir());
+    let (code, v) = s
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/managed-services/{id}"),
+            Some(json!({"backups": {"enabled": false}})),
+        )
+        .await;
+    assert!(code < 300, "{v}");
+    let deadline = Instant::now() + READY;
+    while spool.exists() {
+        assert!(Instant::now() < deadline, "WAL still archived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Purged, the source takes its backups and its archived WAL along (the store's secret was
+    // kept for that, though backups are off).
     let b = bucket(&config, &secrets);
     let everything = b.key(&format!("{id}/"));
     let stored = b.list(&everything).await.unwrap();
