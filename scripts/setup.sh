@@ -26,6 +26,9 @@ command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || apt_missing+=(redis-tools)
 command -v python3 >/dev/null 2>&1 || apt_missing+=(python3 python3-pip)
 command -v unzip >/dev/null 2>&1 || apt_missing+=(unzip)
+# TLS: the system's roots for https S3 stores; openssl makes the test suite's certificates.
+[ -e /etc/ssl/certs/ca-certificates.crt ] || apt_missing+=(ca-certificates)
+command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${apt_missing[*]}"
   $SUDO apt-get update -qq

@@ -1,6 +1,7 @@
 //! An S3 bucket as a backup destination: the few calls backups need (put, multipart upload,
 //! head, get, list, delete), signed with SigV4 (`berth_engines::s3::sign`), over path-style
-//! URLs so any S3-compatible server works (Garage, MinIO, Ceph, AWS with `http` proxies).
+//! URLs so any S3-compatible server works (Garage, MinIO, Ceph, AWS), over HTTP or HTTPS (rustls,
+//! the system's roots plus an optional `caCertificate`).
 //!
 //! Every upload is checked on the way in and read back: a single PUT carries `Content-MD5`
 //! (the server refuses a body that does not match) and is then asked for its size and ETag
@@ -33,12 +34,12 @@ pub struct ObjectInfo {
 }
 
 /// Where a service's backups go: the contract's backup `config` (`endpointUrl`,
-/// `destinationPath` = `s3://bucket/prefix/`, `accessKey`, optional `region`) and `secrets`
-/// (`secretKey`).
+/// `destinationPath` = `s3://bucket/prefix/`, `accessKey`, optional `region` and
+/// `caCertificate`) and `secrets` (`secretKey`).
 #[derive(Clone)]
 pub struct Bucket {
     http: reqwest::Client,
-    /// `http://host:port`, no trailing slash.
+    /// `http(s)://host[:port]`, no trailing slash.
     endpoint: String,
     host: String,
     bucket: String,
@@ -121,20 +122,74 @@ fn s3_error(status: reqwest::StatusCode, body: &str) -> String {
     }
 }
 
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(600))
+}
+
+/// The client of every store that needs no CA of its own. Shared, so the system's root
+/// certificates (`/etc/ssl/certs`) are read once per process and connections are pooled across
+/// backups and the WAL archiver.
+fn shared_client() -> reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            client_builder()
+                .build()
+                .expect("an HTTP client with the system's roots builds")
+        })
+        .clone()
+}
+
+/// A client that also trusts `pem` (one or more CA certificates): a store behind a private CA,
+/// the usual case for a self-hosted MinIO or Garage behind a TLS proxy.
+fn client_trusting(pem: &str) -> Result<reqwest::Client> {
+    let bad = |why: String| BackupError::Settings(format!("backups.config.caCertificate: {why}"));
+    let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+        .map_err(|e| bad(format!("not PEM certificates ({e})")))?;
+    if certs.is_empty() {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    certs
+        .into_iter()
+        .fold(client_builder(), |b, c| b.add_root_certificate(c))
+        .build()
+        .map_err(|e| bad(format!("unusable ({e})")))
+}
+
 impl Bucket {
     /// Reads and checks the settings; says which field is wrong and why.
     pub fn from_settings(config: &JsonMap, secrets: &JsonMap) -> Result<Self> {
         let endpoint = setting(config, "endpointUrl", "backups.config")?.trim_end_matches('/');
-        let Some(host) = endpoint.strip_prefix("http://") else {
+        let (tls, host) = if let Some(host) = endpoint.strip_prefix("https://") {
+            (true, host)
+        } else if let Some(host) = endpoint.strip_prefix("http://") {
+            (false, host)
+        } else {
             return Err(BackupError::Settings(format!(
-                "backups.config.endpointUrl: {endpoint:?} must start with http:// (this build of Berth speaks plain HTTP to S3)"
+                "backups.config.endpointUrl: {endpoint:?} must start with http:// or https://"
             )));
         };
         if host.is_empty() || host.contains('/') {
             return Err(BackupError::Settings(format!(
-                "backups.config.endpointUrl: {endpoint:?} must be http://host[:port] without a path"
+                "backups.config.endpointUrl: {endpoint:?} must be http(s)://host[:port] without a path"
             )));
         }
+        let http = match config.get("caCertificate") {
+            None => shared_client(),
+            Some(Value::String(pem)) if tls => client_trusting(pem)?,
+            Some(Value::String(_)) => {
+                return Err(BackupError::Settings(
+                    "backups.config.caCertificate: only used with an https:// endpointUrl".into(),
+                ))
+            }
+            Some(_) => {
+                return Err(BackupError::Settings(
+                    "backups.config.caCertificate: must be a PEM string".into(),
+                ))
+            }
+        };
         let dest = setting(config, "destinationPath", "backups.config")?;
         let Some(path) = dest.strip_prefix("s3://") else {
             return Err(BackupError::Settings(format!(
@@ -160,11 +215,7 @@ impl Bucket {
             }
         };
         Ok(Self {
-            http: reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(5))
-                .timeout(std::time::Duration::from_secs(600))
-                .build()
-                .expect("an HTTP client without TLS builds"),
+            http,
             endpoint: endpoint.to_owned(),
             host: host.to_owned(),
             bucket: bucket.to_owned(),
@@ -229,10 +280,20 @@ impl Bucket {
         req
     }
 
+    /// A request that got no answer, with every cause: reqwest's own message ("error sending
+    /// request") hides the one that matters (refused, timed out, certificate not trusted).
+    fn unreachable(&self, what: &str, e: &reqwest::Error) -> BackupError {
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            why.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        BackupError::Store(format!("{what}: {} unreachable: {why}", self.endpoint))
+    }
+
     async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> Result<reqwest::Response> {
-        let resp = req.send().await.map_err(|e| {
-            BackupError::Store(format!("{what}: {} unreachable: {e}", self.endpoint))
-        })?;
+        let resp = req.send().await.map_err(|e| self.unreachable(what, &e))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -296,9 +357,7 @@ impl Bucket {
             .request(reqwest::Method::HEAD, key, &[])
             .send()
             .await
-            .map_err(|e| {
-                BackupError::Store(format!("reading {key}: {} unreachable: {e}", self.endpoint))
-            })?;
+            .map_err(|e| self.unreachable(&format!("reading {key}"), &e))?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -339,12 +398,7 @@ impl Bucket {
             .request(reqwest::Method::GET, key, &[])
             .send()
             .await
-            .map_err(|e| {
-                BackupError::Store(format!(
-                    "downloading {key}: {} unreachable: {e}",
-                    self.endpoint
-                ))
-            })?;
+            .map_err(|e| self.unreachable(&format!("downloading {key}"), &e))?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -606,7 +660,7 @@ mod tests {
             ),
             (
                 json!({"endpointUrl": "ftp://x", "destinationPath": "s3://b/", "accessKey": "k"}),
-                "must start with http://",
+                "must start with http:// or https://",
             ),
             (
                 json!({"endpointUrl": "http://x", "destinationPath": "b/", "accessKey": "k"}),
@@ -619,6 +673,14 @@ mod tests {
             (
                 json!({"endpointUrl": "http://x", "destinationPath": "s3://b", "accessKey": 3}),
                 "accessKey: must be a non-empty string",
+            ),
+            (
+                json!({"endpointUrl": "http://x", "destinationPath": "s3://b", "accessKey": "k", "caCertificate": "x"}),
+                "caCertificate: only used with an https:// endpointUrl",
+            ),
+            (
+                json!({"endpointUrl": "https://x", "destinationPath": "s3://b", "accessKey": "k", "caCertificate": "no pem here"}),
+                "caCertificate: holds no PEM certificate",
             ),
         ] {
             let e = Bucket::from_settings(&map(config), &secrets)

@@ -624,3 +624,153 @@ async fn a_delete_takes_a_final_backup_even_after_a_restart_and_it_restores() {
     let (_, rport, rpw) = running_redis(&s, body).await;
     assert_eq!(redis_cmd(rport, &rpw, &["GET", "cart:9"]).await, "3 apples");
 }
+
+/// A TLS front for a plain-HTTP store, as a store behind nginx or a load balancer is: its
+/// certificate (for 127.0.0.1) is signed by a CA made here with `openssl`, which the system does
+/// not trust. Returns the `https://` endpoint and the CA's PEM.
+async fn tls_front(upstream: &str) -> (String, String) {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+
+    let dir = std::env::temp_dir().join(format!("berth-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    for args in [
+        [
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=berth test CA",
+            ],
+        ]
+        .concat(),
+        [
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "srv.key",
+                "-out",
+                "srv.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ],
+    ] {
+        let out = std::process::Command::new("openssl")
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+            .expect("openssl (installed by scripts/setup.sh)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    }
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let ca = String::from_utf8(read("ca.pem")).unwrap();
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(&read("srv.pem"))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&read("srv.key")).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = upstream.trim_start_matches("http://").to_owned();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+            tokio::spawn(async move {
+                // A handshake the client refuses ends here, as it would at a real front.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut store = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut store).await;
+            });
+        }
+    });
+    (format!("https://127.0.0.1:{port}"), ca)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_go_to_an_https_store_trusting_its_ca_and_refuse_an_untrusted_one() {
+    let s = TestServer::start().await;
+    let (mut config, secrets) = store(&s, "tls").await;
+    let plain = config.clone();
+    let (endpoint, ca) = tls_front(config["endpointUrl"].as_str().unwrap()).await;
+    config["endpointUrl"] = json!(endpoint);
+
+    // Not trusted by the system: the backup fails, and says why.
+    let mut body = redis_body("untrusted", "8");
+    body["backups"] = json!({"enabled": true, "config": config, "secrets": secrets});
+    let (id, _, _) = running_redis(&s, body).await;
+    let entry = backup_now(&s, &id).await;
+    assert!(entry["confirmedAt"].is_null(), "{entry}");
+    let error = entry["error"].as_str().unwrap();
+    assert!(error.contains("certificate"), "{error}");
+
+    // With the store's CA given, backups go over TLS, are confirmed, and restore.
+    config["caCertificate"] = json!(ca);
+    let mut body = redis_body("cache", "8");
+    body["backups"] = json!({"enabled": true, "config": config, "secrets": secrets});
+    let (id, port, pw) = running_redis(&s, body).await;
+    assert_eq!(redis_cmd(port, &pw, &["SET", "k", "over-tls"]).await, "+OK");
+    let entry = backup_now(&s, &id).await;
+    assert!(entry["confirmedAt"].is_string(), "{entry}");
+    let mut body = redis_body("cache-restored", "8");
+    body["recoverFrom"] = json!({"id": entry["id"]});
+    let (_, rport, rpw) = running_redis(&s, body).await;
+    assert_eq!(redis_cmd(rport, &rpw, &["GET", "k"]).await, "over-tls");
+    // What went over TLS is in the store, as the plain endpoint sees it.
+    let b = bucket(&plain, &secrets);
+    let objects = b.list(&b.key(&format!("{id}/backups/"))).await.unwrap();
+    assert!(
+        objects.iter().any(|(k, _)| k.ends_with("/manifest.json")),
+        "{objects:?}"
+    );
+}
