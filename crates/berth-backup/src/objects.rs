@@ -31,6 +31,12 @@ pub struct ObjectInfo {
     pub md5: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part_size: Option<u64>,
+    /// CRC-32 (IEEE) of the whole object, computed here from the bytes the store then checked
+    /// against their MD5. A restore checks this one: the same assurance against corruption on
+    /// the way back, at a small fraction of MD5's CPU (tens of GB/s with CLMUL, where MD5 runs
+    /// at ~400 MB/s here), which a 2-core restore feels. `None` in manifests of Berth before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32: Option<u32>,
 }
 
 /// Where a service's backups go: the contract's backup `config` (`endpointUrl`,
@@ -310,6 +316,7 @@ impl Bucket {
         let digest = Md5::digest(&body);
         let md5 = hex(&digest);
         let size = body.len() as u64;
+        let crc32 = crc32fast::hash(&body);
         let req = self
             .request(reqwest::Method::PUT, key, &[])
             .header(
@@ -323,6 +330,7 @@ impl Bucket {
             size,
             md5,
             part_size: None,
+            crc32: Some(crc32),
         };
         self.verify(&info).await?;
         Ok(info)
@@ -481,6 +489,7 @@ impl Bucket {
             upload_id,
             in_flight: Default::default(),
             done: Vec::new(),
+            crc32: crc32fast::Hasher::new(),
             size: 0,
             part_size: 0,
         })
@@ -493,11 +502,20 @@ pub struct Upload {
     bucket: Bucket,
     key: String,
     upload_id: String,
-    /// Parts sent or being sent, in order; each answers its MD5 once the store has it.
-    in_flight: std::collections::VecDeque<tokio::task::JoinHandle<Result<[u8; 16]>>>,
+    /// Parts sent or being sent, in order; each answers its MD5 (and CRC-32) once the store
+    /// has it.
+    in_flight: std::collections::VecDeque<tokio::task::JoinHandle<Result<Part>>>,
     done: Vec<[u8; 16]>,
+    /// CRC-32 of the parts done so far, in order.
+    crc32: crc32fast::Hasher,
     size: u64,
     part_size: u64,
+}
+
+/// A part the store took: its MD5 (checked against the store's ETag) and CRC-32.
+struct Part {
+    md5: [u8; 16],
+    crc32: crc32fast::Hasher,
 }
 
 /// Parts in flight at once.
@@ -519,7 +537,7 @@ impl Upload {
     pub async fn part(&mut self, body: Vec<u8>) -> Result<()> {
         if self.in_flight.len() >= IN_FLIGHT {
             let oldest = self.in_flight.pop_front().expect("a part in flight");
-            self.done.push(joined(oldest).await?);
+            self.take(joined(oldest).await?);
         }
         if self.size == 0 {
             self.part_size = body.len() as u64;
@@ -533,9 +551,11 @@ impl Upload {
         );
         self.in_flight.push_back(tokio::spawn(async move {
             // Hashing 32 MiB takes tens of milliseconds: off the runtime's workers.
-            let (digest, body) = tokio::task::spawn_blocking(move || {
+            let (digest, crc32, body) = tokio::task::spawn_blocking(move || {
                 let digest: [u8; 16] = Md5::digest(&body).into();
-                (digest, body)
+                let mut crc32 = crc32fast::Hasher::new();
+                crc32.update(&body);
+                (digest, crc32, body)
             })
             .await
             .map_err(|e| BackupError::Engine(format!("hashing a part: {e}")))?;
@@ -560,15 +580,24 @@ impl Upload {
                     "part {number} of {key}: the store's checksum {etag:?} differs from the upload's {md5}"
                 )));
             }
-            Ok(digest)
+            Ok(Part {
+                md5: digest,
+                crc32,
+            })
         }));
         Ok(())
+    }
+
+    fn take(&mut self, part: Part) {
+        self.done.push(part.md5);
+        self.crc32.combine(&part.crc32);
     }
 
     /// Waits for the parts, completes the upload and reads the object's size and ETag back.
     pub async fn finish(mut self) -> Result<ObjectInfo> {
         while let Some(part) = self.in_flight.pop_front() {
-            self.done.push(joined(part).await?);
+            let part = joined(part).await?;
+            self.take(part);
         }
         let mut xml = String::from("<CompleteMultipartUpload>");
         for (i, digest) in self.done.iter().enumerate() {
@@ -606,6 +635,7 @@ impl Upload {
             size: self.size,
             md5: multipart_etag(&self.done),
             part_size: Some(self.part_size),
+            crc32: Some(self.crc32.clone().finalize()),
         };
         self.bucket.verify(&info).await?;
         Ok(info)
@@ -630,7 +660,7 @@ impl Upload {
     }
 }
 
-async fn joined(part: tokio::task::JoinHandle<Result<[u8; 16]>>) -> Result<[u8; 16]> {
+async fn joined(part: tokio::task::JoinHandle<Result<Part>>) -> Result<Part> {
     part.await
         .map_err(|e| BackupError::Engine(format!("uploading a part: {e}")))?
 }

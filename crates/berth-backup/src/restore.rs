@@ -176,8 +176,9 @@ async fn point_in_time(
     Ok(settings)
 }
 
-/// Streams an object into `out`, checking its size and checksum against the manifest's (for a
-/// multipart object, part by part as S3 computes its ETag).
+/// Streams an object into `out`, checking its size and checksum against the manifest's: its
+/// CRC-32 when the manifest has one, else its MD5 (for a multipart object, part by part as S3
+/// computes its ETag).
 pub async fn download<W: AsyncWrite + Unpin>(
     bucket: &Bucket,
     object: &ObjectInfo,
@@ -188,6 +189,7 @@ pub async fn download<W: AsyncWrite + Unpin>(
     })?;
     let part_size = object.part_size.unwrap_or(u64::MAX);
     let (mut md5, mut in_part, mut parts) = (Md5::new(), 0u64, Vec::<[u8; 16]>::new());
+    let mut crc32 = crc32fast::Hasher::new();
     let mut size = 0u64;
     while let Some(chunk) = resp
         .chunk()
@@ -195,6 +197,10 @@ pub async fn download<W: AsyncWrite + Unpin>(
         .map_err(|e| BackupError::Store(format!("downloading {}: {e}", object.key)))?
     {
         let mut rest = &chunk[..];
+        if object.crc32.is_some() {
+            crc32.update(rest);
+            rest = &[];
+        }
         while !rest.is_empty() {
             let take = rest.len().min((part_size - in_part) as usize);
             md5.update(&rest[..take]);
@@ -213,6 +219,16 @@ pub async fn download<W: AsyncWrite + Unpin>(
     out.shutdown()
         .await
         .map_err(|e| BackupError::Engine(format!("writing {}: {e}", object.key)))?;
+    if let Some(want) = object.crc32 {
+        let got = crc32.finalize();
+        if size != object.size || got != want {
+            return Err(BackupError::Verify(format!(
+                "{}: downloaded {size} bytes with CRC-32 {got:08x}, the backup says {} bytes, {want:08x}",
+                object.key, object.size
+            )));
+        }
+        return Ok(());
+    }
     let got = if object.part_size.is_some() {
         if in_part > 0 {
             parts.push(md5.finalize().into());

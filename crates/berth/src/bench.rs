@@ -241,6 +241,20 @@ fn stop(mut child: std::process::Child) {
     let _ = child.wait();
 }
 
+/// CPU time (user + system, all threads) a process has used so far, in seconds; what the store
+/// spends per byte, which no client can take away.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) in parentheses; utime and stime
+    // are the 14th and 15th fields of the line, the 12th and 13th after it.
+    let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
 fn chown_to_instance_user(path: &Path) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } == 0 {
         let ok = Command::new("chown")
@@ -1008,12 +1022,18 @@ pub async fn backup(args: BenchArgs, size_mb: u64) -> anyhow::Result<()> {
     );
 
     let run_dir = dir.join("instances").join(&id).join("run");
+    let store_pid: u32 =
+        std::fs::read_to_string(dir.join("instances").join(&store_id).join("run/berth.pid"))?
+            .trim()
+            .parse()?;
     let bucket = berth_backup::Bucket::from_settings(
         backups["config"].as_object().context("backup config")?,
         backups["secrets"].as_object().context("backup secrets")?,
     )?;
     let (mut base, mut raw, mut took, mut restored) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // The store's CPU seconds per run: taking in the ceiling's PUT, and serving the restore.
+    let (mut store_in, mut store_out) = (Vec::new(), Vec::new());
     for run in 0..args.runs {
         // Baseline: pg_basebackup of the same instance to local disk (tar, WAL fetched), as
         // Berth runs it, but written to a file.
@@ -1038,11 +1058,13 @@ pub async fn backup(args: BenchArgs, size_mb: u64) -> anyhow::Result<()> {
 
         // The store's own ceiling: the same bytes, read from that file, sent to the same bucket
         // with the same client (parts, checks), without PostgreSQL or the API in the way.
+        let cpu0 = cpu_seconds(store_pid)?;
         let t0 = Instant::now();
         let file = tokio::fs::File::open(target.join("base.tar")).await?;
         berth_backup::take::upload_stream(&bucket, &bucket.key(&format!("raw-{run}")), file)
             .await?;
         raw.push(t0.elapsed().as_secs_f64());
+        store_in.push(cpu_seconds(store_pid)? - cpu0);
         bucket.delete(&bucket.key(&format!("raw-{run}"))).await?;
         std::fs::remove_dir_all(&target)?;
 
@@ -1082,6 +1104,7 @@ pub async fn backup(args: BenchArgs, size_mb: u64) -> anyhow::Result<()> {
 
         // Berth: that backup restored into a new service, until it is synchronized (its
         // health check passed with its own credentials).
+        let cpu0 = cpu_seconds(store_pid)?;
         let t0 = Instant::now();
         let copy = c
             .call(
@@ -1097,18 +1120,24 @@ pub async fn backup(args: BenchArgs, size_mb: u64) -> anyhow::Result<()> {
         let copy_id = copy["id"].as_str().context("no id")?.to_owned();
         wait_state_for(c, &copy_id, "synchronized", limit).await?;
         restored.push(t0.elapsed().as_secs_f64());
-        delete_all(c, &[copy_id]).await?;
+        store_out.push(cpu_seconds(store_pid)? - cpu0);
+        if !args.keep {
+            delete_all(c, &[copy_id]).await?;
+        }
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         percentile(v, 0.5)
     };
-    let (base, raw, took, restored) = (
+    let (base, raw, took, restored, store_in, store_out) = (
         median(&mut base),
         median(&mut raw),
         median(&mut took),
         median(&mut restored),
+        median(&mut store_in),
+        median(&mut store_out),
     );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     println!("{:<52} {:>9} {:>10}", "", "median", "throughput");
     println!(
         "{:<52} {:>7.2} s {:>6.0} MiB/s",
@@ -1123,6 +1152,19 @@ pub async fn backup(args: BenchArgs, size_mb: u64) -> anyhow::Result<()> {
         mb / raw,
         raw / base
     );
+    // What the store alone costs: its CPU seconds spread over every core of the machine is the
+    // least time any client could take; beside the budget, it says whether the target is
+    // reachable against this store here at all.
+    for (label, cpu) in [
+        ("  the store's own CPU to take the data in", store_in),
+        ("  the store's own CPU to serve a restore", store_out),
+    ] {
+        println!(
+            "{label:<52} {cpu:>7.2} s  on {cores} cores: >= {:.2} s = {:.2}x baseline even if nothing else ran",
+            cpu / cores,
+            cpu / cores / base
+        );
+    }
     for (label, t) in [
         ("berth backup to S3, until confirmed", took),
         ("berth restore from S3 into a new service", restored),

@@ -90,6 +90,10 @@ enum BackendCmd {
         engines_dir: Option<PathBuf>,
         #[arg(long, env = "BERTH_INSTANCE_USER")]
         instance_user: Option<String>,
+        /// Seals the backup store settings kept on disk (default: DATA_DIR/master.key, made
+        /// on first start).
+        #[arg(long, env = "BERTH_MASTER_KEY_FILE")]
+        master_key_file: Option<PathBuf>,
     },
 }
 
@@ -441,6 +445,7 @@ async fn backend(cmd: BackendCmd) -> anyhow::Result<()> {
         data_dir,
         engines_dir,
         instance_user,
+        master_key_file,
     } = cmd;
     init_tracing();
     let key = api_key_file
@@ -452,6 +457,7 @@ async fn backend(cmd: BackendCmd) -> anyhow::Result<()> {
         listen: Some(listen),
         engines_dir,
         instance_user,
+        master_key_file,
         ..Default::default()
     };
     berth::server::serve_backend(

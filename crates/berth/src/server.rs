@@ -269,8 +269,16 @@ pub async fn serve_backend(
     api_key: Option<String>,
 ) -> anyhow::Result<()> {
     let (data_dir, run_as) = prepare_data_dir(&cfg)?;
-    // No master key here: a backup store given to this backend is kept in memory only.
-    let builtins = builtin_backends(&data_dir, &cfg, run_as, Arc::new(Notify::new()), None)?;
+    // A master key of its own (as `berth server` has), so the backup store each instance is
+    // given is sealed on disk and WAL archiving resumes after a restart of this backend.
+    let key = MasterKey::load_or_create(&master_key_path(&cfg, &data_dir))?;
+    let builtins = builtin_backends(
+        &data_dir,
+        &cfg,
+        run_as,
+        Arc::new(Notify::new()),
+        Some(Arc::new(Cipher::new(&key))),
+    )?;
     let mut served = std::collections::HashMap::new();
     for p in builtins.providers {
         if providers.is_empty() || providers.contains(&p.def.name) {
@@ -301,6 +309,13 @@ pub async fn serve_backend(
     Ok(())
 }
 
+/// The master key's file: the configured one, else `master.key` in the data directory.
+fn master_key_path(cfg: &ServerConfig, data_dir: &Path) -> PathBuf {
+    cfg.master_key_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join("master.key"))
+}
+
 /// Reads an API key file; like the master key, a file other users can read is refused.
 pub fn read_key_file(path: &Path) -> anyhow::Result<String> {
     let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
@@ -323,11 +338,7 @@ pub fn read_key_file(path: &Path) -> anyhow::Result<String> {
 /// Builds everything and starts serving on `cfg.listen` (port 0 picks a free one).
 pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     let (data_dir, run_as) = prepare_data_dir(&cfg)?;
-    let key_path = cfg
-        .master_key_file
-        .clone()
-        .unwrap_or_else(|| data_dir.join("master.key"));
-    let key = MasterKey::load_or_create(&key_path)?;
+    let key = MasterKey::load_or_create(&master_key_path(&cfg, &data_dir))?;
     // The database holds sealed secrets and every service's metadata: owner-only, like the keys.
     // (SQLite gives its -wal and -shm files the database file's mode.)
     let db_path = data_dir.join("berth.db");

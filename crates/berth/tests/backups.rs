@@ -575,15 +575,33 @@ async fn large_objects_go_up_in_checked_parts_and_come_back_checked() {
         .await
         .unwrap();
     assert!(back == data, "the bytes come back as they went");
-    // A checksum that does not match what the store holds is caught.
-    let wrong = berth_backup::ObjectInfo {
-        md5: format!("{}-3", "0".repeat(32)),
-        ..info
+    // The manifest also records the whole object's CRC-32, which restores check.
+    assert_eq!(info.crc32, Some(crc32fast::hash(&data)));
+    // A checksum that does not match what the store holds is caught: the CRC-32, or the MD5
+    // of a manifest written before Berth recorded CRCs.
+    let wrong_crc = berth_backup::ObjectInfo {
+        crc32: Some(info.crc32.unwrap() ^ 1),
+        ..info.clone()
     };
-    let e = berth_backup::restore::download(&b, &wrong, &mut Vec::new())
+    let before_crcs = berth_backup::ObjectInfo {
+        crc32: None,
+        ..info.clone()
+    };
+    let wrong_md5 = berth_backup::ObjectInfo {
+        md5: format!("{}-3", "0".repeat(32)),
+        ..before_crcs.clone()
+    };
+    for wrong in [&wrong_crc, &wrong_md5] {
+        let e = berth_backup::restore::download(&b, wrong, &mut Vec::new())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("verification failed"), "{e}");
+    }
+    let mut back = Vec::new();
+    berth_backup::restore::download(&b, &before_crcs, &mut back)
         .await
-        .unwrap_err();
-    assert!(e.to_string().contains("verification failed"), "{e}");
+        .unwrap();
+    assert!(back == data, "old manifests still restore, checked by MD5");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,6 +93,15 @@ async fn the_built_in_backends_served_over_http_pass_the_kit() {
             .unwrap(),
     );
     wait_http(&format!("http://127.0.0.1:{port}/health")).await;
+    // Like `berth server`, it has a master key (made on first start, owner-only), which seals
+    // the backup store each instance is given so WAL archiving survives a restart.
+    let mode = std::fs::metadata(dir.path().join("data/master.key"))
+        .expect("berth backend serve makes a master key")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
     for (provider, config, secrets) in [
         (
             "redis",
