@@ -48,6 +48,8 @@ pub struct Config {
     pub backend_timeout: Duration,
     /// The length of one day of `deleteRetentionDays`: a day, except in tests of the reaper.
     pub retention_day: Duration,
+    /// The length of one hour of `backups.intervalH`: an hour, except in tests of schedules.
+    pub schedule_hour: Duration,
 }
 
 impl Default for Config {
@@ -58,6 +60,7 @@ impl Default for Config {
             parallelism: 8,
             backend_timeout: Duration::from_secs(60),
             retention_day: Duration::from_secs(86_400),
+            schedule_hour: Duration::from_secs(3600),
         }
     }
 }
@@ -465,7 +468,9 @@ impl Reconciler {
             // The first backup is taken as soon as the service runs: with backups on, there
             // is always one to restore.
             let last = list.iter().map(|b| b.scheduled_at).max();
-            let due = plan::backup_due(last, time::Duration::hours(hours.into()), now());
+            let hour =
+                time::Duration::try_from(self.cfg.schedule_hour).unwrap_or(time::Duration::HOUR);
+            let due = plan::backup_due(last, hour * u32::from(hours), hour / 12, now());
             if due != plan::BackupDue::No {
                 let b = BackupEntry::scheduled(now());
                 self.store.backup_insert(svc.id, &b).await?;

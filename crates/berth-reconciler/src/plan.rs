@@ -211,12 +211,12 @@ pub enum BackupDue {
     Missed { due: OffsetDateTime },
 }
 
-/// How late a scheduled backup may start before it counts as missed.
-pub const MISSED_AFTER: time::Duration = time::Duration::minutes(5);
-
+/// `missed_after` is how late a scheduled backup may start before it counts as missed: five
+/// minutes (a twelfth of an hour, so tests that shorten the hour shorten it too).
 pub fn backup_due(
     last: Option<OffsetDateTime>,
     interval: time::Duration,
+    missed_after: time::Duration,
     now: OffsetDateTime,
 ) -> BackupDue {
     let Some(last) = last else {
@@ -225,7 +225,7 @@ pub fn backup_due(
     let due = last + interval;
     if now < due {
         BackupDue::No
-    } else if now - due > MISSED_AFTER {
+    } else if now - due > missed_after {
         BackupDue::Missed { due }
     } else {
         BackupDue::Now
@@ -673,16 +673,22 @@ mod tests {
 
     #[test]
     fn a_schedule_passed_by_more_than_a_few_minutes_is_a_missed_one() {
-        let hour = time::Duration::hours(1);
-        assert_eq!(backup_due(None, hour, at(0)), BackupDue::First);
-        assert_eq!(backup_due(Some(at(0)), hour, at(3599)), BackupDue::No);
-        assert_eq!(backup_due(Some(at(0)), hour, at(3600)), BackupDue::Now);
+        let (hour, five_min) = (time::Duration::hours(1), time::Duration::minutes(5));
+        assert_eq!(backup_due(None, hour, five_min, at(0)), BackupDue::First);
         assert_eq!(
-            backup_due(Some(at(0)), hour, at(3600 + 300)),
+            backup_due(Some(at(0)), hour, five_min, at(3599)),
+            BackupDue::No
+        );
+        assert_eq!(
+            backup_due(Some(at(0)), hour, five_min, at(3600)),
             BackupDue::Now
         );
         assert_eq!(
-            backup_due(Some(at(0)), hour, at(3 * 3600)),
+            backup_due(Some(at(0)), hour, five_min, at(3600 + 300)),
+            BackupDue::Now
+        );
+        assert_eq!(
+            backup_due(Some(at(0)), hour, five_min, at(3 * 3600)),
             BackupDue::Missed { due: at(3600) }
         );
     }

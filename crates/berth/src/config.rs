@@ -23,6 +23,8 @@ pub struct ServerConfig {
     pub providers_dir: Option<PathBuf>,
     /// One day of `deleteRetentionDays`: a day, shorter only in tests of the reaper.
     pub retention_day: Duration,
+    /// One hour of `backups.intervalH`: an hour, shorter only in tests of schedules.
+    pub schedule_hour: Duration,
 }
 
 /// The optional settings of a TOML file (same names as the flags, with underscores).
@@ -40,6 +42,7 @@ pub struct FileConfig {
     pub instance_user: Option<String>,
     pub providers_dir: Option<PathBuf>,
     pub retention_day_secs: Option<u64>,
+    pub schedule_hour_secs: Option<u64>,
 }
 
 impl FileConfig {
@@ -99,6 +102,13 @@ impl ServerConfig {
                     .retention_day_secs
                     .or(file.retention_day_secs)
                     .unwrap_or(86_400)
+                    .max(1),
+            ),
+            schedule_hour: Duration::from_secs(
+                overrides
+                    .schedule_hour_secs
+                    .or(file.schedule_hour_secs)
+                    .unwrap_or(3600)
                     .max(1),
             ),
         }

@@ -198,6 +198,9 @@ struct ServerArgs {
     /// Seconds in one day of `deleteRetentionDays` (86400). Shorter only to test the reaper.
     #[arg(long, env = "BERTH_RETENTION_DAY_SECS", hide = true)]
     retention_day_secs: Option<u64>,
+    /// Seconds in one hour of `backups.intervalH` (3600). Shorter only to test schedules.
+    #[arg(long, env = "BERTH_SCHEDULE_HOUR_SECS", hide = true)]
+    schedule_hour_secs: Option<u64>,
     /// A directory of provider.yml files for custom (REST) providers.
     #[arg(long, env = "BERTH_PROVIDERS_DIR")]
     providers_dir: Option<PathBuf>,
@@ -528,6 +531,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         ready_deadline_secs: args.ready_deadline_secs,
         instance_user: args.instance_user,
         retention_day_secs: args.retention_day_secs,
+        schedule_hour_secs: args.schedule_hour_secs,
         providers_dir: args.providers_dir,
         ..Default::default()
     };

@@ -402,6 +402,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
             period: cfg.reconcile_period,
             ready_deadline: cfg.ready_deadline,
             retention_day: cfg.retention_day,
+            schedule_hour: cfg.schedule_hour,
             ..Default::default()
         },
         changed,

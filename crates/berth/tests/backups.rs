@@ -792,3 +792,74 @@ async fn backups_go_to_an_https_store_trusting_its_ca_and_refuse_an_untrusted_on
         "{objects:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_missed_while_berth_was_down_is_reported_and_caught_up() {
+    // An "hour" of intervalH lasts 12 s here, so a schedule is missed once it is 1 s late
+    // (five minutes of a real hour).
+    let mut s = TestServer::spawn_with_toml("schedule_hour_secs = 12\n").await;
+    let (config, secrets) = store(&s, "missed").await;
+    let mut body = redis_body("sessions", "8");
+    body["backups"] =
+        json!({"enabled": true, "intervalH": 1, "config": config, "secrets": secrets});
+    let (id, _, _) = running_redis(&s, body).await;
+    let entries = |v: &Value| v["backups"]["entries"].as_array().unwrap().clone();
+    let missed = |v: &Value| {
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["eventName"] == "berth.backup.missed")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    // The first backup is taken at once.
+    let deadline = Instant::now() + READY;
+    let first = loop {
+        let (_, v) = s.get(&format!("/api/managed-services/{id}")).await;
+        if let Some(e) = entries(&v).first().filter(|e| e["confirmedAt"].is_string()) {
+            break e.clone();
+        }
+        assert!(Instant::now() < deadline, "no first backup: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let (_, ev) = s
+        .get(&format!("/api/managed-services/{id}/events?limit=100"))
+        .await;
+    assert!(missed(&ev).is_empty(), "nothing missed yet: {ev}");
+
+    // Berth is down over the next one (due 12 s after the first was scheduled).
+    s.kill9();
+    let scheduled = time::OffsetDateTime::parse(
+        first["scheduledAt"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let late = scheduled + time::Duration::seconds(12 + 2);
+    let wait = late - time::OffsetDateTime::now_utc();
+    if wait.is_positive() {
+        tokio::time::sleep(wait.unsigned_abs()).await;
+    }
+    s.restart().await;
+
+    // Back up: the miss is reported, and a backup is taken at once.
+    let deadline = Instant::now() + READY;
+    loop {
+        let (_, v) = s.get(&format!("/api/managed-services/{id}")).await;
+        let (_, ev) = s
+            .get(&format!("/api/managed-services/{id}/events?limit=100"))
+            .await;
+        let caught_up = entries(&v)
+            .iter()
+            .any(|e| e["id"] != first["id"] && e["confirmedAt"].is_string());
+        if caught_up && !missed(&ev).is_empty() {
+            let m = &missed(&ev)[0];
+            assert_eq!(m["severityNumber"], 13, "{m}");
+            assert!(m["body"].as_str().unwrap().contains("was missed"), "{m}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}\n{ev}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

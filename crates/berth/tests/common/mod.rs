@@ -21,6 +21,8 @@ pub struct TestServer {
     /// The in-process server's API, stopped (its thread ends) with the server.
     _api: Option<berth::server::ApiStop>,
     pub ports: (u16, u16),
+    /// More lines for a spawned server's berth.toml.
+    extra_toml: String,
 }
 
 /// A port window of its own for every server a test run starts (tests run in parallel).
@@ -77,11 +79,17 @@ impl TestServer {
             reconciler: Some(running.reconciler),
             _api: Some(running.api),
             ports,
+            extra_toml: String::new(),
         }
     }
 
     /// The real binary as a child process (for kill -9 tests); `restart` starts it again.
     pub async fn spawn() -> Self {
+        Self::spawn_with_toml("").await
+    }
+
+    /// A spawned server with `extra` appended to its configuration file.
+    pub async fn spawn_with_toml(extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ports = port_window();
         let mut s = Self {
@@ -93,6 +101,7 @@ impl TestServer {
             reconciler: None,
             _api: None,
             ports,
+            extra_toml: extra.to_owned(),
         };
         s.spawn_child().await;
         s
@@ -109,8 +118,8 @@ impl TestServer {
             .open(self.dir.path().join("server.log"))
             .unwrap();
         let toml = format!(
-            "port_range_start = {}\nport_range_end = {}\nreconcile_period_ms = 200\n",
-            self.ports.0, self.ports.1
+            "port_range_start = {}\nport_range_end = {}\nreconcile_period_ms = 200\n{}",
+            self.ports.0, self.ports.1, self.extra_toml
         );
         std::fs::write(self.dir.path().join("berth.toml"), toml).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
