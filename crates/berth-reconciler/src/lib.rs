@@ -470,7 +470,7 @@ impl Reconciler {
             let last = list.iter().map(|b| b.scheduled_at).max();
             let hour =
                 time::Duration::try_from(self.cfg.schedule_hour).unwrap_or(time::Duration::HOUR);
-            let due = plan::backup_due(last, hour * u32::from(hours), hour / 12, now());
+            let due = plan::backup_due(last, hour * hours, hour / 12, now());
             if due != plan::BackupDue::No {
                 let b = BackupEntry::scheduled(now());
                 self.store.backup_insert(svc.id, &b).await?;
