@@ -23,6 +23,27 @@ use uuid::Uuid;
 
 pub use objects::{Bucket, ObjectInfo};
 
+/// What the pipes between Berth and the tools it streams through (`pg_basebackup`, `tar`) are
+/// widened to, and `tar`'s record size (`-b 256` = 128 KiB): with Linux's default 64 KiB pipe
+/// and `tar`'s 10 KiB records, a gigabyte crosses in some hundred thousand small reads and
+/// wake-ups, which cost as much as unpacking it on this machine (measured: `tar -x` of 1.1 GiB
+/// through a pipe, 1.8-3.0 s as is, 1.0-1.7 s widened).
+const PIPE_BYTES: usize = 1 << 20;
+const TAR_RECORD_BLOCKS: &str = "256";
+
+/// Widens one end of a pipe to [`PIPE_BYTES`]; where the kernel refuses (a lower
+/// `/proc/sys/fs/pipe-max-size`), the pipe just stays as it was.
+fn widen_pipe(end: &impl std::os::fd::AsRawFd) {
+    // SAFETY: F_SETPIPE_SZ on a descriptor this process owns; failure is harmless.
+    unsafe {
+        libc::fcntl(
+            end.as_raw_fd(),
+            libc::F_SETPIPE_SZ,
+            PIPE_BYTES as libc::c_int,
+        )
+    };
+}
+
 /// This layer's one error type; the message is shown to users in the service's events.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {

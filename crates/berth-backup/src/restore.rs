@@ -108,6 +108,7 @@ async fn untar(bucket: &Bucket, object: &ObjectInfo, target: &Target<'_>) -> Res
     let mut tar =
         tokio::process::Command::from(command_as(std::path::Path::new("tar"), target.run_as));
     tar.arg("-x")
+        .args(["-b", crate::TAR_RECORD_BLOCKS])
         .arg("-f")
         .arg("-")
         .arg("-C")
@@ -120,6 +121,9 @@ async fn untar(bucket: &Bucket, object: &ObjectInfo, target: &Target<'_>) -> Res
         .spawn()
         .map_err(|e| BackupError::Engine(format!("starting tar: {e}")))?;
     let stdin = child.stdin.take().expect("piped stdin");
+    crate::widen_pipe(&stdin);
+    // The download's chunks are small (tens of KiB): gathered into pipe-sized writes.
+    let stdin = tokio::io::BufWriter::with_capacity(crate::PIPE_BYTES, stdin);
     let copied = download(bucket, object, stdin).await;
     let out = child
         .wait_with_output()

@@ -103,6 +103,7 @@ async fn offline(src: &Source<'_>, bucket: &Bucket, key: &str) -> Result<ObjectI
         src.run_as,
     ));
     cmd.arg("-c")
+        .args(["-b", crate::TAR_RECORD_BLOCKS])
         .arg("-f")
         .arg("-")
         .arg("-C")
@@ -136,6 +137,7 @@ async fn streamed(
         .spawn()
         .map_err(|e| BackupError::Engine(format!("starting {what}: {e}")))?;
     let stdout = child.stdout.take().expect("piped stdout");
+    crate::widen_pipe(&stdout);
     let mut stderr = child.stderr.take().expect("piped stderr");
     let errors = tokio::spawn(async move {
         let mut text = String::new();

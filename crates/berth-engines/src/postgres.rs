@@ -349,6 +349,16 @@ fn die_with_parent() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether `postmaster.pid` says the server is still starting up (its 8th line, the
+/// postmaster's status: `starting`, `ready`, `standby` or `stopping`). No file, or no status
+/// yet, is not "starting": the caller then just tries to connect.
+fn postmaster_starting(data_dir: &Path) -> bool {
+    std::fs::read_to_string(data_dir.join("postmaster.pid"))
+        .ok()
+        .and_then(|pid_file| pid_file.lines().nth(7).map(|l| l.trim() == "starting"))
+        .unwrap_or(false)
+}
+
 #[async_trait]
 impl crate::Engine for Postgres {
     fn kind(&self) -> EngineKind {
@@ -533,6 +543,13 @@ impl crate::Engine for Postgres {
     async fn wait_started(&self, ctx: &InstanceCtx, deadline: Instant) -> Result<()> {
         let opts = Self::admin_options(ctx);
         loop {
+            // While the postmaster says it is still starting (fsyncing a restored data
+            // directory, replaying WAL), a connection attempt only forks a backend to be told
+            // so: the status line of postmaster.pid (what `pg_ctl -w` waits on) is read instead.
+            if postmaster_starting(&ctx.data_dir()) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(4)).await;
+                continue;
+            }
             match opts.connect().await {
                 Ok(mut c) => {
                     // A restored instance accepts connections while it still recovers: it is
@@ -673,6 +690,24 @@ pub(crate) fn secret<'a>(secrets: &'a JsonMap, key: &str) -> Result<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_postmaster_status_line_says_when_it_is_still_starting() {
+        let dir = std::env::temp_dir().join(format!("berth-pmstatus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(!postmaster_starting(&dir), "no file: try to connect");
+        let head = "4242\n/data\n1700000000\n5432\n/run\n127.0.0.1\n  5432001    131072\n";
+        for (status, starting) in [
+            ("starting\n", true),
+            ("ready   \n", false),
+            ("standby \n", false),
+            ("", false),
+        ] {
+            std::fs::write(dir.join("postmaster.pid"), format!("{head}{status}")).unwrap();
+            assert_eq!(postmaster_starting(&dir), starting, "{status:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn verbs(sql: &[String]) -> Vec<String> {
         sql.iter()
