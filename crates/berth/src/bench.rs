@@ -241,15 +241,19 @@ fn stop(mut child: std::process::Child) {
     let _ = child.wait();
 }
 
-/// CPU time (user + system, all threads) a process has used so far, in seconds; what the store
-/// spends per byte, which no client can take away.
+/// CPU time (user + system, all threads, and the children it has waited for) a process has
+/// used so far, in seconds: what the store spends per byte, which no client can take away, and
+/// what the whole backup costs.
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) in parentheses; utime and stime
-    // are the 14th and 15th fields of the line, the 12th and 13th after it.
+    // Fields after the command name (which may hold spaces) in parentheses; utime, stime,
+    // cutime and cstime are the 14th to 17th fields of the line, the 12th to 15th after it.
     let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    let mut ticks = 0.0;
+    for f in &fields[11..15] {
+        ticks += f.parse::<f64>()?;
+    }
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(ticks / hz)
@@ -1022,10 +1026,18 @@ pub async fn backup(args: BenchArgs, size_mb: u64) -> anyhow::Result<()> {
     );
 
     let run_dir = dir.join("instances").join(&id).join("run");
-    let store_pid: u32 =
-        std::fs::read_to_string(dir.join("instances").join(&store_id).join("run/berth.pid"))?
-            .trim()
-            .parse()?;
+    let pid_of = |id: &str| -> anyhow::Result<u32> {
+        Ok(
+            std::fs::read_to_string(dir.join("instances").join(id).join("run/berth.pid"))?
+                .trim()
+                .parse()?,
+        )
+    };
+    let store_pid = pid_of(&store_id)?;
+    // Everything a backup runs on: the store, Berth (with the pg_basebackup it waits for) and
+    // the PostgreSQL instance (with its WAL sender, once it has exited).
+    let all_pids = [store_pid, server.child.id(), pid_of(&id)?];
+    let all_cpu = || -> anyhow::Result<f64> { all_pids.iter().map(|p| cpu_seconds(*p)).sum() };
     let bucket = berth_backup::Bucket::from_settings(
         backups["config"].as_object().context("backup config")?,
         backups["secrets"].as_object().context("backup secrets")?,
@@ -1033,7 +1045,7 @@ pub async fn backup(args: BenchArgs, size_mb: u64) -> anyhow::Result<()> {
     let (mut base, mut raw, mut took, mut restored) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // The store's CPU seconds per run: taking in the ceiling's PUT, and serving the restore.
-    let (mut store_in, mut store_out) = (Vec::new(), Vec::new());
+    let (mut store_in, mut store_out, mut backup_cpu) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..args.runs {
         // Baseline: pg_basebackup of the same instance to local disk (tar, WAL fetched), as
         // Berth runs it, but written to a file.
@@ -1070,6 +1082,7 @@ pub async fn backup(args: BenchArgs, size_mb: u64) -> anyhow::Result<()> {
 
         // Berth: a backup asked for through the API, until it is confirmed (uploaded, read
         // back, manifest written).
+        let cpu0 = all_cpu()?;
         let t0 = Instant::now();
         let entry = c
             .call(
@@ -1101,6 +1114,7 @@ pub async fn backup(args: BenchArgs, size_mb: u64) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         took.push(t0.elapsed().as_secs_f64());
+        backup_cpu.push(all_cpu()? - cpu0);
 
         // Berth: that backup restored into a new service, until it is synchronized (its
         // health check passed with its own credentials).
@@ -1137,6 +1151,7 @@ pub async fn backup(args: BenchArgs, size_mb: u64) -> anyhow::Result<()> {
         median(&mut store_in),
         median(&mut store_out),
     );
+    let backup_cpu = median(&mut backup_cpu);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     println!("{:<52} {:>9} {:>10}", "", "median", "throughput");
     println!(
@@ -1158,6 +1173,7 @@ pub async fn backup(args: BenchArgs, size_mb: u64) -> anyhow::Result<()> {
     for (label, cpu) in [
         ("  the store's own CPU to take the data in", store_in),
         ("  the store's own CPU to serve a restore", store_out),
+        ("  all the CPU a backup took (store, Berth, PG)", backup_cpu),
     ] {
         println!(
             "{label:<52} {cpu:>7.2} s  on {cores} cores: >= {:.2} s = {:.2}x baseline even if nothing else ran",
