@@ -118,7 +118,10 @@ async fn postgres_base(src: &Source<'_>, bucket: &Bucket, key: &str) -> Result<O
     let cmd = tokio::process::Command::from(berth_engines::postgres::base_backup_command(
         src.ctx, src.run_as,
     ));
-    streamed(cmd, "pg_basebackup", bucket, key).await
+    let hold = berth_engines::postgres::hold_wal(src.ctx).await?;
+    let taken = streamed(cmd, "pg_basebackup", bucket, key).await;
+    hold.release().await;
+    taken
 }
 
 /// Runs `cmd` and uploads what it writes to stdout as `key`; a failed command fails the

@@ -282,8 +282,37 @@ pub async fn checkpoint_wal_file(ctx: &InstanceCtx) -> Result<String> {
         })
 }
 
+/// Keeps the instance's WAL from now on, until [`WalHold::release`] (or the drop): what a base
+/// backup with `-X fetch` needs, since it reads the backup's WAL only at its end and a
+/// checkpoint meanwhile may have removed it ("requested WAL segment ... has already been
+/// removed", seen in the test suite): once a segment is archived (or the archive is off), nothing
+/// else keeps it. A temporary physical replication slot, reserved at once, holds it for as long
+/// as the session that made it lives, so a crash of Berth cannot leave it behind.
+pub struct WalHold(sqlx::PgConnection);
+
+pub async fn hold_wal(ctx: &InstanceCtx) -> Result<WalHold> {
+    let mut conn = Postgres::admin_options(ctx)
+        .connect()
+        .await
+        .map_err(|e| EngineError::Command(format!("connecting to hold the WAL: {e}")))?;
+    conn.execute(
+        "SELECT pg_create_physical_replication_slot('berth_backup_' || pg_backend_pid(), true, true)",
+    )
+    .await
+    .map_err(|e| EngineError::Command(format!("holding the WAL for the backup: {e}")))?;
+    Ok(WalHold(conn))
+}
+
+impl WalHold {
+    /// Drops the slot (with the session): the WAL goes back to the usual rules.
+    pub async fn release(self) {
+        let _ = self.0.close().await;
+    }
+}
+
 /// `pg_basebackup` writing a tar of the whole instance, with the WAL it needs to be consistent
-/// (`-X fetch`), to stdout; as the instances' user, over the instance's own socket.
+/// (`-X fetch`, held by a [`WalHold`]), to stdout; as the instances' user, over the instance's
+/// own socket.
 pub fn base_backup_command(ctx: &InstanceCtx, run_as: Option<RunAs>) -> std::process::Command {
     let mut cmd = command_as(&ctx.install.bin_dir().join("pg_basebackup"), run_as);
     cmd.arg("-h")

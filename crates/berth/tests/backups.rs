@@ -863,3 +863,58 @@ async fn a_schedule_missed_while_berth_was_down_is_reported_and_caught_up() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_backup_survives_checkpoints_that_recycle_the_wal_under_it() {
+    let s = TestServer::start().await;
+    let (config, secrets) = store(&s, "busy").await;
+    let mut body = pg_body("busy", "17");
+    body["backups"] = json!({"enabled": true, "config": config, "secrets": secrets});
+    let created = s.create(body).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let superuser = created["generatedSecrets"]["superuserPassword"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let svc = s.wait_state(&id, "synchronized", READY).await;
+    let port = svc["status"]["details"]["port"].as_u64().unwrap();
+    let mut c = pg(&format!(
+        "postgres://postgres:{superuser}@127.0.0.1:{port}/postgres"
+    ))
+    .await;
+    sqlx::query("CREATE TABLE t AS SELECT g AS id, repeat('x', 500) AS pad FROM generate_series(1, 20000) g")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    // A busy server: new WAL segments and checkpoints all the time, each one free to remove
+    // the segments before it (they are archived at once). `pg_basebackup -X fetch` reads the
+    // backup's WAL at its end, so without a hold on it the backup fails with "requested WAL
+    // segment ... has already been removed".
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut rounds = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                sqlx::query("UPDATE t SET pad = pad WHERE id % 50 = 0")
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                sqlx::query("SELECT pg_switch_wal()")
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                sqlx::query("CHECKPOINT").execute(&mut c).await.unwrap();
+                rounds += 1;
+            }
+            rounds
+        }
+    });
+    for _ in 0..3 {
+        let b = backup_now(&s, &id).await;
+        assert!(b["confirmedAt"].is_string(), "{b}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = churn.await.unwrap();
+    assert!(rounds > 10, "the WAL did churn: {rounds} rounds");
+}
