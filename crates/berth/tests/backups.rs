@@ -75,9 +75,14 @@ async fn wait_backup(s: &TestServer, id: &str, backup: &str) -> Value {
 
 /// A Redis service made from `body`, once it runs: its id, port and generated password.
 async fn running_redis(s: &TestServer, body: Value) -> (String, u16, String) {
+    running(s, body, "password").await
+}
+
+/// A service made from `body`, once it runs: its id, port and the generated secret `secret`.
+async fn running(s: &TestServer, body: Value, secret: &str) -> (String, u16, String) {
     let created = s.create(body).await;
     let id = created["id"].as_str().unwrap().to_owned();
-    let password = created["generatedSecrets"]["password"]
+    let password = created["generatedSecrets"][secret]
         .as_str()
         .unwrap()
         .to_owned();
@@ -870,14 +875,7 @@ async fn a_base_backup_survives_checkpoints_that_recycle_the_wal_under_it() {
     let (config, secrets) = store(&s, "busy").await;
     let mut body = pg_body("busy", "17");
     body["backups"] = json!({"enabled": true, "config": config, "secrets": secrets});
-    let created = s.create(body).await;
-    let id = created["id"].as_str().unwrap().to_owned();
-    let superuser = created["generatedSecrets"]["superuserPassword"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let svc = s.wait_state(&id, "synchronized", READY).await;
-    let port = svc["status"]["details"]["port"].as_u64().unwrap();
+    let (id, port, superuser) = running(&s, body, "superuserPassword").await;
     let mut c = pg(&format!(
         "postgres://postgres:{superuser}@127.0.0.1:{port}/postgres"
     ))
