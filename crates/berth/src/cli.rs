@@ -162,6 +162,41 @@ impl Client {
         }
     }
 
+    /// The `backups` settings of a service named `name` that backs up to the `s3` service
+    /// `store` (name or id): its endpoint, bucket, region and keys (from its environment), under
+    /// the prefix `name/`, so one store can hold the backups of many services.
+    pub async fn backups_to(&self, store: &str, team: i64, name: &str) -> CliResult<Value> {
+        let svc = self.resolve(store, Some(team)).await?;
+        if svc["provider"]["name"] != "s3" {
+            return Err(CliError::new(
+                2,
+                format!(
+                    "--backup-to: '{store}' is a {} service, not an s3 one",
+                    svc["provider"]["name"].as_str().unwrap_or("?")
+                ),
+            ));
+        }
+        let id = svc["id"].as_str().unwrap_or_default();
+        let env = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/managed-services/{id}/env"),
+                None,
+            )
+            .await?;
+        let var = |k: &str| env["variables"][k].clone();
+        Ok(json!({
+            "enabled": true,
+            "config": {
+                "endpointUrl": var("S3_ENDPOINT"),
+                "destinationPath": format!("s3://{}/{name}/", var("S3_BUCKET").as_str().unwrap_or_default()),
+                "accessKey": var("AWS_ACCESS_KEY_ID"),
+                "region": var("S3_REGION"),
+            },
+            "secrets": {"secretKey": var("AWS_SECRET_ACCESS_KEY")},
+        }))
+    }
+
     /// Polls until the service is in state `want` (`synchronized`, `paused`), with a spinner on
     /// a terminal. `error` or the timeout end the wait with exit code 7.
     pub async fn wait_for(&self, id: &str, want: &str, timeout: Duration) -> CliResult<Value> {

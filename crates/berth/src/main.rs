@@ -238,6 +238,16 @@ enum ServicesCmd {
         /// Secret, key=value (repeatable); missing secrets are generated.
         #[arg(long = "secret")]
         secrets: Vec<String>,
+        /// Back up to this `s3` service of the same Berth (name or id), under a prefix named
+        /// after the new service; its endpoint, bucket and keys are filled in.
+        #[arg(long)]
+        backup_to: Option<String>,
+        /// Hours between scheduled backups (with --backup-to); the first is taken at once.
+        #[arg(long, default_value_t = 24, requires = "backup_to")]
+        backup_every: u32,
+        /// Days each backup is kept (with --backup-to); default 7.
+        #[arg(long, requires = "backup_to")]
+        backup_retention_days: Option<u32>,
         /// Wait until the service is synchronized.
         #[arg(long)]
         wait: bool,
@@ -596,6 +606,9 @@ async fn services(c: &Client, cmd: ServicesCmd, output: Output) -> CliResult<()>
             params,
             config,
             secrets,
+            backup_to,
+            backup_every,
+            backup_retention_days,
             wait,
             timeout,
         } => {
@@ -610,6 +623,14 @@ async fn services(c: &Client, cmd: ServicesCmd, output: Output) -> CliResult<()>
             });
             if !secrets.is_empty() {
                 body["secrets"] = Value::Object(cli::parse_pairs(&secrets, "secret", false)?);
+            }
+            if let Some(store) = backup_to {
+                let mut backups = c.backups_to(&store, team, &name).await?;
+                backups["intervalH"] = json!(backup_every);
+                if let Some(days) = backup_retention_days {
+                    backups["retentionDays"] = json!(days);
+                }
+                body["backups"] = backups;
             }
             let created = c
                 .call(reqwest::Method::POST, "/api/managed-services", Some(&body))

@@ -916,3 +916,120 @@ async fn a_base_backup_survives_checkpoints_that_recycle_the_wal_under_it() {
     let rounds = churn.await.unwrap();
     assert!(rounds > 10, "the WAL did churn: {rounds} rounds");
 }
+
+/// `berth <args>` (the CLI) against `s`, as a user types it.
+fn berth_cli(s: &TestServer, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["--url", &s.base, "--token", &s.token])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_turns_backups_on_to_an_s3_service_by_name() {
+    let s = TestServer::start().await;
+    let store_id = s
+        .create(
+            json!({"teamId": 1, "name": "backups", "provider": {"name": "s3"},
+                       "plan": {"id": 0, "parameters": {"memory": 256}}}),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.wait_state(&store_id, "synchronized", READY).await;
+
+    let out = berth_cli(
+        &s,
+        &[
+            "services",
+            "create",
+            "redis",
+            "--name",
+            "carts",
+            "--backup-to",
+            "backups",
+            "--backup-every",
+            "6",
+            "--backup-retention-days",
+            "3",
+            "--wait",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = shown["id"].as_str().unwrap().to_owned();
+    let b = &shown["backups"];
+    assert_eq!(b["enabled"], true, "{shown}");
+    assert_eq!(b["intervalH"], 6, "{shown}");
+    assert_eq!(b["retentionDays"], 3, "{shown}");
+    assert!(
+        b.get("config").is_none() && b.get("secrets").is_none(),
+        "{shown}"
+    );
+    // The settings work: the first backup is taken at once and confirmed, under `carts/` in
+    // the store's bucket.
+    let deadline = Instant::now() + READY;
+    loop {
+        let (_, v) = s.get(&format!("/api/managed-services/{id}")).await;
+        let entries = v["backups"]["entries"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if entries.iter().any(|e| e["confirmedAt"].is_string()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let env = s.env(&store_id).await;
+    let b = bucket(
+        &json!({"endpointUrl": env["S3_ENDPOINT"], "accessKey": env["AWS_ACCESS_KEY_ID"],
+                "destinationPath": format!("s3://{}/carts/", env["S3_BUCKET"].as_str().unwrap()),
+                "region": env["S3_REGION"]}),
+        &json!({"secretKey": env["AWS_SECRET_ACCESS_KEY"]}),
+    );
+    let objects = b.list(&b.key(&format!("{id}/backups/"))).await.unwrap();
+    assert!(
+        objects
+            .iter()
+            .any(|(k, _)| k.starts_with("carts/") && k.ends_with("/manifest.json")),
+        "{objects:?}"
+    );
+
+    // A store that is not an s3 service is refused before anything is made.
+    let out = berth_cli(
+        &s,
+        &[
+            "services",
+            "create",
+            "redis",
+            "--name",
+            "x",
+            "--backup-to",
+            "carts",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--backup-to: 'carts' is a redis service, not an s3 one"),
+        "{err}"
+    );
+    let out = berth_cli(
+        &s,
+        &[
+            "services",
+            "create",
+            "redis",
+            "--name",
+            "y",
+            "--backup-every",
+            "2",
+        ],
+    );
+    assert!(!out.status.success(), "--backup-every needs --backup-to");
+}
