@@ -197,6 +197,37 @@ impl Client {
         }))
     }
 
+    /// Polls until backup `backup` of service `id` is confirmed (its entry) or has failed (exit
+    /// code 7 with the reason).
+    pub async fn wait_for_backup(
+        &self,
+        id: &str,
+        backup: &str,
+        timeout: Duration,
+    ) -> CliResult<Value> {
+        let start = Instant::now();
+        loop {
+            let svc = self.get(&format!("/api/managed-services/{id}")).await?;
+            let entry = svc["backups"]["entries"]
+                .as_array()
+                .and_then(|a| a.iter().find(|e| e["id"] == backup).cloned())
+                .unwrap_or(Value::Null);
+            if entry["confirmedAt"].is_string() {
+                return Ok(entry);
+            }
+            if let Some(e) = entry["error"].as_str() {
+                return Err(CliError::new(7, format!("backup {backup} failed: {e}")));
+            }
+            if start.elapsed() > timeout {
+                return Err(CliError::new(
+                    7,
+                    format!("backup {backup} not confirmed after {}s", timeout.as_secs()),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Polls until the service is in state `want` (`synchronized`, `paused`), with a spinner on
     /// a terminal. `error` or the timeout end the wait with exit code 7.
     pub async fn wait_for(&self, id: &str, want: &str, timeout: Duration) -> CliResult<Value> {
@@ -332,6 +363,26 @@ pub fn providers_table(providers: &[Value]) -> String {
                 versions.join(",")
             },
             plans.join(" "),
+        ]);
+    }
+    table(&rows)
+}
+
+/// Backup entries as a table: id, when scheduled and confirmed, and why one failed.
+pub fn backups_table(entries: &Value) -> String {
+    let mut rows = vec![[
+        "ID".to_owned(),
+        "SCHEDULED".to_owned(),
+        "CONFIRMED".to_owned(),
+        "ERROR".to_owned(),
+    ]];
+    for e in entries.as_array().into_iter().flatten() {
+        let text = |k: &str| e[k].as_str().unwrap_or("-").to_owned();
+        rows.push([
+            text("id"),
+            text("scheduledAt"),
+            text("confirmedAt"),
+            text("error"),
         ]);
     }
     table(&rows)

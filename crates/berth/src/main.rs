@@ -248,6 +248,16 @@ enum ServicesCmd {
         /// Days each backup is kept (with --backup-to); default 7.
         #[arg(long, requires = "backup_to")]
         backup_retention_days: Option<u32>,
+        /// Make the new service from this backup (an id from `berth services backups`).
+        #[arg(long, conflicts_with = "restore_service")]
+        restore_from: Option<String>,
+        /// Make the new PostgreSQL service from this service's backups and archived WAL, as it
+        /// was at --restore-time (point-in-time recovery).
+        #[arg(long, requires = "restore_time")]
+        restore_service: Option<String>,
+        /// The moment to recover to, RFC 3339 (`2026-11-22T10:15:00Z`).
+        #[arg(long, requires = "restore_service")]
+        restore_time: Option<String>,
         /// Wait until the service is synchronized.
         #[arg(long)]
         wait: bool,
@@ -307,6 +317,23 @@ enum ServicesCmd {
         skip_final_backup: bool,
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+    },
+    /// Take a backup now (the service's backup settings say where).
+    Backup {
+        service: String,
+        #[arg(long)]
+        team: Option<i64>,
+        /// Wait until the backup is confirmed (uploaded and checked) or has failed.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// The service's backups, oldest first.
+    Backups {
+        service: String,
+        #[arg(long)]
+        team: Option<i64>,
     },
     /// The service's events, newest first.
     Events {
@@ -609,6 +636,9 @@ async fn services(c: &Client, cmd: ServicesCmd, output: Output) -> CliResult<()>
             backup_to,
             backup_every,
             backup_retention_days,
+            restore_from,
+            restore_service,
+            restore_time,
             wait,
             timeout,
         } => {
@@ -631,6 +661,13 @@ async fn services(c: &Client, cmd: ServicesCmd, output: Output) -> CliResult<()>
                     backups["retentionDays"] = json!(days);
                 }
                 body["backups"] = backups;
+            }
+            if let Some(backup) = restore_from {
+                body["recoverFrom"] = json!({"id": backup});
+            }
+            if let (Some(source), Some(time)) = (restore_service, restore_time) {
+                let source = c.resolve(&source, Some(team)).await?;
+                body["recoverFrom"] = json!({"msId": source["id"], "time": time});
             }
             let created = c
                 .call(reqwest::Method::POST, "/api/managed-services", Some(&body))
@@ -778,6 +815,34 @@ async fn services(c: &Client, cmd: ServicesCmd, output: Output) -> CliResult<()>
                 }
             }
             print(&v, output, one_table);
+        }
+        ServicesCmd::Backup {
+            service,
+            team,
+            wait,
+            timeout,
+        } => {
+            let svc = c.resolve(&service, team).await?;
+            let id = svc["id"].as_str().unwrap_or_default();
+            let mut entry = c
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/managed-services/{id}/backups"),
+                    None,
+                )
+                .await?;
+            if wait {
+                let backup = entry["id"].as_str().unwrap_or_default().to_owned();
+                entry = c
+                    .wait_for_backup(id, &backup, Duration::from_secs(timeout))
+                    .await?;
+            }
+            print(&entry, output, one_table);
+        }
+        ServicesCmd::Backups { service, team } => {
+            let svc = c.resolve(&service, team).await?;
+            let entries = svc["backups"]["entries"].clone();
+            print(&entries, output, cli::backups_table);
         }
         ServicesCmd::Events {
             service,

@@ -1000,6 +1000,64 @@ async fn the_cli_turns_backups_on_to_an_s3_service_by_name() {
         "{objects:?}"
     );
 
+    // A backup now, listed; a new service made from it.
+    let port = shown["status"]["details"]["port"].as_u64().unwrap() as u16;
+    let pw = shown["generatedSecrets"]["password"].as_str().unwrap();
+    assert_eq!(
+        redis_cmd(port, pw, &["SET", "cart:1", "pears"]).await,
+        "+OK"
+    );
+    let out = berth_cli(&s, &["services", "backup", "carts", "--wait", "-o", "json"]);
+    assert!(out.status.success(), "{out:?}");
+    let taken: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(taken["confirmedAt"].is_string(), "{taken}");
+    let backup = taken["id"].as_str().unwrap();
+    let out = berth_cli(&s, &["services", "backups", "carts"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && listed.contains(backup), "{listed}");
+    let out = berth_cli(
+        &s,
+        &[
+            "services",
+            "create",
+            "redis",
+            "--name",
+            "carts-copy",
+            "--restore-from",
+            backup,
+            "--wait",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let copy: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let port = copy["status"]["details"]["port"].as_u64().unwrap() as u16;
+    let pw = copy["generatedSecrets"]["password"].as_str().unwrap();
+    assert_eq!(redis_cmd(port, pw, &["GET", "cart:1"]).await, "pears");
+
+    // A point in time goes to the API as recoverFrom {msId, time}, which checks it: here, a
+    // time before the first backup.
+    let out = berth_cli(
+        &s,
+        &[
+            "services",
+            "create",
+            "redis",
+            "--name",
+            "carts-then",
+            "--restore-service",
+            "carts",
+            "--restore-time",
+            "2020-01-01T00:00:00Z",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("recoverFrom"),
+        "{err}"
+    );
+
     // A store that is not an s3 service is refused before anything is made.
     let out = berth_cli(
         &s,
