@@ -1014,7 +1014,11 @@ fn backups_checked(
     let Some(b) = input else {
         return current.cloned().unwrap_or_default();
     };
-    if b.enabled && !def.capabilities.backups {
+    // In a PATCH, what `backups` leaves out stays as it was, `enabled` included.
+    let enabled = b
+        .enabled
+        .unwrap_or_else(|| current.is_some_and(|c| c.enabled));
+    if enabled && !def.capabilities.backups {
         errors.push(FieldError::new(
             "backups.enabled",
             format!("provider {} does not support backups (yet)", def.name),
@@ -1036,7 +1040,7 @@ fn backups_checked(
         }
         Some(v as u32)
     };
-    if b.enabled {
+    if enabled {
         if let Some(schemas) = &def.backups {
             // A PATCH may leave the secrets out (they are kept); a create must give them.
             let config = b
@@ -1071,7 +1075,7 @@ fn backups_checked(
     // they went: the backups taken are still removed from there in the end).
     let was = current.cloned().unwrap_or_default();
     BackupSettings {
-        enabled: b.enabled,
+        enabled,
         delete_retention_days: range(
             b.delete_retention_days,
             "backups.deleteRetentionDays",

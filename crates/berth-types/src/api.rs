@@ -34,8 +34,9 @@ pub struct PlanInput {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BackupsInput {
+    /// Left out: off in a create, unchanged in a PATCH.
     #[serde(default)]
-    pub enabled: bool,
+    pub enabled: Option<bool>,
     #[serde(default)]
     pub delete_retention_days: Option<i64>,
     #[serde(default)]

@@ -298,6 +298,18 @@ enum ServicesCmd {
         /// Start a paused instance again.
         #[arg(long)]
         resume: bool,
+        /// Back up to this `s3` service of the same Berth (name or id), as with `create`.
+        #[arg(long, conflicts_with = "no_backups")]
+        backup_to: Option<String>,
+        /// Hours between scheduled backups (24 when backups are turned on without a schedule).
+        #[arg(long, conflicts_with = "no_backups")]
+        backup_every: Option<u32>,
+        /// Days each backup is kept.
+        #[arg(long, conflicts_with = "no_backups")]
+        backup_retention_days: Option<u32>,
+        /// Turn backups off (scheduled ones and WAL archiving; those taken stay restorable).
+        #[arg(long)]
+        no_backups: bool,
         #[arg(long)]
         wait: bool,
         #[arg(long, default_value_t = 120)]
@@ -727,12 +739,38 @@ async fn services(c: &Client, cmd: ServicesCmd, output: Output) -> CliResult<()>
             secrets,
             pause,
             resume,
+            backup_to,
+            backup_every,
+            backup_retention_days,
+            no_backups,
             wait,
             timeout,
         } => {
             let svc = c.resolve(&service, team).await?;
             let id = svc["id"].as_str().unwrap_or_default().to_owned();
             let mut body = json!({});
+            // A PATCH keeps the backup fields it leaves out.
+            let mut backups = json!({});
+            if let Some(store) = backup_to {
+                let team = svc["teamId"].as_i64().unwrap_or(1);
+                let name = svc["name"].as_str().unwrap_or_default();
+                backups = c.backups_to(&store, team, name).await?;
+                if backup_every.is_none() && svc["backups"]["intervalH"].is_null() {
+                    backups["intervalH"] = json!(24);
+                }
+            }
+            if let Some(hours) = backup_every {
+                backups["intervalH"] = json!(hours);
+            }
+            if let Some(days) = backup_retention_days {
+                backups["retentionDays"] = json!(days);
+            }
+            if no_backups {
+                backups["enabled"] = json!(false);
+            }
+            if backups.as_object().is_some_and(|b| !b.is_empty()) {
+                body["backups"] = backups;
+            }
             if pause || resume {
                 body["pause"] = json!(pause);
             }

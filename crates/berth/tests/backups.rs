@@ -1058,6 +1058,27 @@ async fn the_cli_turns_backups_on_to_an_s3_service_by_name() {
         "{err}"
     );
 
+    // An existing service: backups on, the schedule changed, backups off.
+    let out = berth_cli(
+        &s,
+        &["services", "create", "redis", "--name", "plain", "--wait"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    for (args, enabled, hours) in [
+        (&["--backup-to", "backups"][..], true, 24),
+        (&["--backup-every", "2"][..], true, 2),
+        (&["--no-backups"][..], false, 2),
+    ] {
+        let out = berth_cli(
+            &s,
+            &[&["services", "update", "plain", "-o", "json"][..], args].concat(),
+        );
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["backups"]["enabled"], enabled, "{args:?}: {v}");
+        assert_eq!(v["backups"]["intervalH"], hours, "{args:?}: {v}");
+    }
+
     // A store that is not an s3 service is refused before anything is made.
     let out = berth_cli(
         &s,
