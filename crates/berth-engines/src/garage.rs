@@ -264,6 +264,7 @@ impl crate::Engine for Garage {
              metadata_dir = \"{meta}\"\n\
              data_dir = \"{blocks}\"\n\
              db_engine = \"sqlite\"\n\
+             compression_level = {compression}\n\
              replication_factor = 1\n\
              rpc_bind_addr = \"127.0.0.1:0\"\n\
              rpc_secret_file = \"{rpc}\"\n\
@@ -273,6 +274,11 @@ impl crate::Engine for Garage {
              [admin]\n\
              api_bind_addr = \"{sock}\"\n\
              admin_token_file = \"{token}\"\n",
+            // The provider's `compression`: Garage's default zstd level, or none.
+            compression = match ctx.config_str("compression", "zstd").as_str() {
+                "none" => "\"none\"",
+                _ => "1",
+            },
             meta = data.join("meta").display(),
             blocks = data.join("blocks").display(),
             rpc = rpc_secret_file(ctx).display(),

@@ -182,3 +182,53 @@ async fn an_s3_service_stores_objects_with_its_own_key_and_quotas() {
     assert!(!s.instance_dir(&id).exists());
     assert!(s.instance_pids().is_empty());
 }
+
+/// Bytes under a directory, recursively.
+fn du(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => du(&e.path()),
+                    _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compression_is_the_services_choice() {
+    let s = TestServer::start().await;
+    // 4 MiB of one repeated line: zstd makes it tiny, stored as it is it takes 4 MiB.
+    let body = b"the same line, again and again\n".repeat(4 << 20 >> 5);
+    let mut stored = Vec::new();
+    for (name, config) in [
+        ("zipped", json!({})),
+        ("plain", json!({"compression": "none"})),
+    ] {
+        let created = s
+            .create(
+                json!({"teamId": 1, "name": name, "provider": {"name": "s3"}, "config": config}),
+            )
+            .await;
+        let id = created["id"].as_str().unwrap().to_owned();
+        s.wait_state(&id, "synchronized", READY).await;
+        let c = Client::from_env(&s.env(&id).await);
+        assert_eq!(c.call("PUT", "same.txt", &body).await.unwrap().0, 200);
+        let (code, back) = c.call("GET", "same.txt", b"").await.unwrap();
+        assert!(
+            code == 200 && back == body,
+            "{name}: the object comes back whole"
+        );
+        stored.push(du(&s
+            .dir
+            .path()
+            .join("instances")
+            .join(&id)
+            .join("data/blocks")));
+    }
+    assert!(stored[0] < 512 << 10, "zstd by default: {stored:?}");
+    assert!(stored[1] >= body.len() as u64, "none, as asked: {stored:?}");
+}
