@@ -33,7 +33,7 @@ pub struct ObjectInfo {
     pub part_size: Option<u64>,
     /// CRC-32 (IEEE) of the whole object, computed here from the bytes the store then checked
     /// against their MD5. A restore checks this one: the same assurance against corruption on
-    /// the way back, at a small fraction of MD5's CPU (tens of GB/s with CLMUL, where MD5 runs
+    /// the way back, at a small fraction of MD5's CPU (several GB/s with CLMUL, where MD5 runs
     /// at ~400 MB/s here), which a 2-core restore feels. `None` in manifests of Berth before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crc32: Option<u32>,
