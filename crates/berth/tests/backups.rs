@@ -73,6 +73,19 @@ async fn wait_backup(s: &TestServer, id: &str, backup: &str) -> Value {
     }
 }
 
+/// The service's first backup (taken on its own as soon as it runs), once it is over.
+async fn first_backup(s: &TestServer, id: &str) -> Value {
+    let deadline = Instant::now() + READY;
+    loop {
+        let (_, v) = s.get(&format!("/api/managed-services/{id}")).await;
+        if let Some(backup) = v["backups"]["entries"][0]["id"].as_str() {
+            return wait_backup(s, id, backup).await;
+        }
+        assert!(Instant::now() < deadline, "no backup was scheduled: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A Redis service made from `body`, once it runs: its id, port and generated password.
 async fn running_redis(s: &TestServer, body: Value) -> (String, u16, String) {
     running(s, body, "password").await
@@ -382,15 +395,8 @@ async fn postgres_recovers_to_a_point_in_time_from_the_archived_wal() {
     let id = created["id"].as_str().unwrap().to_owned();
     s.wait_state(&id, "synchronized", READY).await;
     // The first backup is taken on its own, as soon as the service runs.
-    let first = loop {
-        let (_, v) = s.get(&format!("/api/managed-services/{id}")).await;
-        let e = v["backups"]["entries"][0].clone();
-        if e["confirmedAt"].is_string() {
-            break e;
-        }
-        assert!(e["error"].is_null(), "{e}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let first = first_backup(&s, &id).await;
+    assert!(first["confirmedAt"].is_string(), "{first}");
     let url = s.env(&id).await["DATABASE_URL"]
         .as_str()
         .unwrap()
@@ -819,15 +825,8 @@ async fn a_schedule_missed_while_berth_was_down_is_reported_and_caught_up() {
             .collect::<Vec<_>>()
     };
     // The first backup is taken at once.
-    let deadline = Instant::now() + READY;
-    let first = loop {
-        let (_, v) = s.get(&format!("/api/managed-services/{id}")).await;
-        if let Some(e) = entries(&v).first().filter(|e| e["confirmedAt"].is_string()) {
-            break e.clone();
-        }
-        assert!(Instant::now() < deadline, "no first backup: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let first = first_backup(&s, &id).await;
+    assert!(first["confirmedAt"].is_string(), "{first}");
 
     let (_, ev) = s
         .get(&format!("/api/managed-services/{id}/events?limit=100"))
@@ -972,19 +971,8 @@ async fn the_cli_turns_backups_on_to_an_s3_service_by_name() {
     );
     // The settings work: the first backup is taken at once and confirmed, under `carts/` in
     // the store's bucket.
-    let deadline = Instant::now() + READY;
-    loop {
-        let (_, v) = s.get(&format!("/api/managed-services/{id}")).await;
-        let entries = v["backups"]["entries"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if entries.iter().any(|e| e["confirmedAt"].is_string()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let first = first_backup(&s, &id).await;
+    assert!(first["confirmedAt"].is_string(), "{first}");
     let env = s.env(&store_id).await;
     let b = bucket(
         &json!({"endpointUrl": env["S3_ENDPOINT"], "accessKey": env["AWS_ACCESS_KEY_ID"],
